@@ -153,7 +153,7 @@ def pretrain(model, blocks: torch.Tensor, cfg, seed: int) -> list[float]:
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     model.eval()
     return losses
 
@@ -213,3 +213,21 @@ def build_tiny(cfg, corpus: Path, out: Path, threads: int) -> dict:
         "pretrain_loss_last": sum(losses[-10:]) / len(losses[-10:]),
         "outlier_channels": channels,
     }
+
+
+def model_location(base_dir: Path) -> str:
+    """Where the quantize stage loads the base from: the built folder, or the pretrained source."""
+    ref = Path(base_dir) / "source.json"
+    if ref.exists():
+        return json.loads(ref.read_text())["source"]
+    return str(Path(base_dir) / "model")
+
+
+def build(node, out: Path, cfg) -> dict:
+    m = cfg.model
+    if m.kind == "tiny":
+        return build_tiny(m, Path(m.corpus), out / "model", cfg.threads)
+    # A pretrained model is not copied: the key pins its source (+ revision or local fingerprint).
+    (out / "source.json").write_text(json.dumps(
+        {"source": m.source, "revision": m.revision, "trust_remote_code": bool(m.trust_remote_code)}, indent=2))
+    return {"source": m.source, "revision": m.revision}

@@ -1,0 +1,26 @@
+# modelmake: the Olive lab recipe as a build graph.
+#   snakemake --cores all                                   # whole chain on the tiny model
+#   snakemake --cores all --config lora.r=8,16              # a sweep: one quantize, one export
+#   snakemake --cores all --config model=phi35_mini export=int4_cuda   # a GPU node
+# Every --config key=value is a Hydra override of conf/ (validated before anything runs).
+# Each artifact lives at artifacts/<stage>/<key>/, keyed by what built it: rules only ask
+# "does it exist?" (see profiles/default), the key answers "is it current?".
+
+include: "rules/common.smk"
+include: "rules/base.smk"
+include: "rules/dataset.smk"
+include: "rules/quantize.smk"
+include: "rules/finetune.smk"
+include: "rules/export.smk"
+include: "rules/adapter.smk"
+include: "rules/generate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        PLAN.targets("generate"),
+
+
+onsuccess:
+    show_generations(PLAN)

@@ -1,0 +1,13 @@
+# The LoRA adapter as an .onnx_adapter, checked against the exported graph.
+rule adapter:
+    input:
+        unpack(upstream("adapter")),
+    output:
+        manifest=f"{ART}/adapter/{{key}}/manifest.json",
+    log:
+        "logs/adapter/{key}.log",
+    params:
+        overrides=overrides("adapter"),
+    threads: 1
+    shell:
+        stage_cmd("adapter")

@@ -1,0 +1,14 @@
+# Validated, templated, split dataset (train.jsonl / eval.jsonl) from a prompt/response JSONL.
+rule dataset:
+    input:
+        unpack(upstream("dataset")),
+        data=lambda w: ancient(node("dataset", w).config["data"]["path"]),
+    output:
+        manifest=f"{ART}/dataset/{{key}}/manifest.json",
+    log:
+        "logs/dataset/{key}.log",
+    params:
+        overrides=overrides("dataset"),
+    threads: 1
+    shell:
+        stage_cmd("dataset")

@@ -1,0 +1,13 @@
+# int4 onnxruntime-genai graph of the AWQ checkpoint, LoRA weights as optional inputs.
+rule export:
+    input:
+        unpack(upstream("export")),
+    output:
+        manifest=f"{ART}/export/{{key}}/manifest.json",
+    log:
+        "logs/export/{key}.log",
+    params:
+        overrides=overrides("export"),
+    threads: 2
+    shell:
+        stage_cmd("export")

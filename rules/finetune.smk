@@ -1,0 +1,13 @@
+# LoRA adapter (peft) trained on the int4 AWQ base.
+rule finetune:
+    input:
+        unpack(upstream("finetune")),
+    output:
+        manifest=f"{ART}/finetune/{{key}}/manifest.json",
+    log:
+        "logs/finetune/{key}.log",
+    params:
+        overrides=overrides("finetune"),
+    threads: 2
+    shell:
+        stage_cmd("finetune")

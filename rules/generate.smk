@@ -1,0 +1,13 @@
+# A streamed generation through onnxruntime-genai with the adapter active.
+rule generate:
+    input:
+        unpack(upstream("generate")),
+    output:
+        manifest=f"{ART}/generate/{{key}}/manifest.json",
+    log:
+        "logs/generate/{key}.log",
+    params:
+        overrides=overrides("generate"),
+    threads: 1
+    shell:
+        stage_cmd("generate")

@@ -1,0 +1,13 @@
+# AWQ 4-bit (AutoAWQ GEMM) checkpoint of the base, calibrated on the training split.
+rule quantize:
+    input:
+        unpack(upstream("quantize")),
+    output:
+        manifest=f"{ART}/quantize/{{key}}/manifest.json",
+    log:
+        "logs/quantize/{key}.log",
+    params:
+        overrides=overrides("quantize"),
+    threads: 2
+    shell:
+        stage_cmd("quantize")

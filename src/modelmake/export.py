@@ -1,0 +1,109 @@
+"""The export stage: an onnxruntime-genai model folder with LoRA weights as optional inputs.
+
+`int4`: the ORT-genai model builder reads the AWQ checkpoint itself, so AWQ's int4 weights
+(not a re-quantization) go into `MatMulNBits`. `fp32`: the AWQ weights, dequantized, as a dense
+fp32 graph: what an exact ONNX-vs-PyTorch parity check compares. Either way the LoRA pass of
+`onnx_lora` then makes one base graph serve every adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import onnx
+import torch
+
+from modelmake.awq_fixes import WQLinear_GEMM, dequantized_weight, load_awq_model
+from modelmake.errors import ModelmakeError
+from modelmake.onnx_lora import add_lora_inputs
+
+log = logging.getLogger(__name__)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                   "special_tokens_map.json", "generation_config.json")
+
+
+@torch.no_grad()
+def dequantize_checkpoint(awq_dir: Path, out: Path) -> None:
+    """Write the AWQ checkpoint as a plain fp32 HF model (same weights, dense)."""
+    model = load_awq_model(awq_dir, dtype=torch.float32)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, WQLinear_GEMM):
+            dense = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+            dense.weight.copy_(dequantized_weight(module).T)
+            if module.bias is not None:
+                dense.bias.copy_(module.bias.float())
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, dense)
+    del model.config.quantization_config
+    model.save_pretrained(out, safe_serialization=True)
+    for f in TOKENIZER_FILES:
+        if (awq_dir / f).exists():
+            (out / f).write_bytes((awq_dir / f).read_bytes())
+
+
+def run_builder(src: Path, out: Path, e, cache: Path, log_path: Path) -> None:
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out),
+           "-p", e.precision, "-e", e.execution_provider, "-c", str(cache), "--extra_options", "hf_token=false"]
+    if e.precision == "int4":
+        cmd.append(f"accuracy_level={e.accuracy_level}")
+        if e.exclude_lm_head:
+            cmd.append("nodes_to_exclude=/lm_head/MatMul")
+    log.info("builder: %s", " ".join(cmd))
+    with log_path.open("w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 or not (out / "model.onnx").exists():
+        tail = log_path.read_text(errors="replace")[-2000:]
+        raise ModelmakeError(f"onnxruntime-genai builder failed (exit {proc.returncode}); log {log_path}:\n{tail}")
+
+
+def add_lora(model_dir: Path, num_layers: int, targets: list[str]) -> dict:
+    path = model_dir / "model.onnx"
+    model = onnx.load(path, load_external_data=False)  # weights stay in model.onnx.data untouched
+    spec = add_lora_inputs(model, num_layers, list(targets))
+    onnx.save(model, path)
+    (model_dir / "lora_inputs.json").write_text(json.dumps(spec, indent=2))
+    return spec
+
+
+def smoke_test(model_dir: Path) -> float:
+    """Load the graph with onnxruntime-genai and run one prompt token: finite logits or refuse."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    model = og.Model(str(model_dir))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=8)
+    gen = og.Generator(model, params)
+    gen.append_tokens([0])
+    logits = np.asarray(gen.get_logits())
+    if not np.isfinite(logits).all():
+        raise ModelmakeError(f"{model_dir}: exported graph produces non-finite logits")
+    return float(np.abs(logits).max())
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def build(node, out: Path, cfg) -> dict:
+    e = cfg.export
+    awq_dir = node.inputs["quantize"].path / "model"
+    num_layers = json.loads((awq_dir / "config.json").read_text())["num_hidden_layers"]
+    with tempfile.TemporaryDirectory(prefix="modelmake-export-") as scratch:
+        scratch = Path(scratch)
+        src = awq_dir
+        if e.precision == "fp32":
+            src = scratch / "dense"
+            dequantize_checkpoint(awq_dir, src)
+        run_builder(src, out / "model", e, scratch / "cache", out / "builder.log")
+    spec = add_lora(out / "model", num_layers, e.lora_targets)
+    metrics = {"size_bytes": dir_size(out / "model"), "lora_inputs": len(spec["inputs"]),
+               "activation_dtype": spec["dtype"], "num_layers": num_layers}
+    if e.execution_provider == "cpu":
+        metrics["smoke_max_abs_logit"] = smoke_test(out / "model")
+    return metrics

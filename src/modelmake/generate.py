@@ -1,0 +1,88 @@
+"""Streaming generation through onnxruntime-genai with a named adapter active.
+
+Used by the generate stage (the cookbook's travel question by default) and by
+`modelmake generate` for a user's own prompt and adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from modelmake.errors import ModelmakeError
+
+
+def prompt_text(template: str, marker: str, prompt: str) -> str:
+    """The prompt as the adapter saw it in training: the data template up to the response."""
+    if not marker or marker not in template:
+        raise ModelmakeError("data.response_marker must occur in data.template to build a prompt")
+    head = template[: template.index(marker) + len(marker)]
+    fields = {name: prompt for name in _fields(head)}
+    return head.format(**fields)
+
+
+def _fields(template: str) -> list[str]:
+    import string
+
+    return [n for _, n, _, _ in string.Formatter().parse(template) if n]
+
+
+def stream(model_dir: Path, text: str, adapter: Path | None = None, max_new_tokens: int = 64,
+           do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+           out: TextIO | None = sys.stdout) -> dict:
+    """Generate from `text`, printing tokens as they come; return text, counts and timings."""
+    import onnxruntime_genai as og
+
+    if not (Path(model_dir) / "genai_config.json").exists():
+        raise ModelmakeError(f"{model_dir}: not an onnxruntime-genai model folder (no genai_config.json)")
+    model = og.Model(str(model_dir))
+    tok = og.Tokenizer(model)
+    ids = tok.encode(text)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=do_sample,
+                              temperature=temperature, top_p=top_p)
+    gen = og.Generator(model, params)
+    if adapter is not None:
+        if not Path(adapter).is_file():
+            raise ModelmakeError(f"{adapter}: adapter file not found")
+        adapters = og.Adapters(model)
+        adapters.load(str(adapter), "active")
+        gen.set_active_adapter(adapters, "active")
+    decoder = tok.create_stream()
+    t0 = time.perf_counter()
+    gen.append_tokens(ids)
+    first = None
+    pieces, n = [], 0
+    while not gen.is_done():
+        gen.generate_next_token()
+        if first is None:
+            first = time.perf_counter() - t0
+        token = gen.get_next_tokens()[0]
+        n += 1
+        piece = decoder.decode(token)
+        pieces.append(piece)
+        if out is not None:
+            out.write(piece)
+            out.flush()
+    seconds = time.perf_counter() - t0
+    if out is not None:
+        out.write("\n")
+    return {"prompt": text, "completion": "".join(pieces), "new_tokens": n, "seconds": seconds,
+            "time_to_first_token_s": first, "tokens_per_s": n / seconds if seconds > 0 else None}
+
+
+def build(node, out: Path, cfg) -> dict:
+    from modelmake.adapter import ADAPTER_FILE
+
+    g = cfg.generate
+    text = prompt_text(cfg.data.template, cfg.data.response_marker, g.prompt)
+    print(f"--- prompt ---\n{text}--- completion (adapter active) ---", flush=True)
+    result = stream(node.inputs["export"].path / "model", text, node.inputs["adapter"].path / ADAPTER_FILE,
+                    g.max_new_tokens, g.do_sample, g.temperature, g.top_p)
+    print(f"--- {result['new_tokens']} tokens, {result['tokens_per_s']:.0f} tokens/s ---", flush=True)
+    (out / "generation.json").write_text(json.dumps(result, indent=2))
+    (out / "generation.txt").write_text(g.prompt + "\n\n" + result["completion"] + "\n")
+    return {k: result[k] for k in ("new_tokens", "tokens_per_s", "time_to_first_token_s")}

@@ -1,0 +1,281 @@
+"""The build plan: which artifacts a configuration needs, and the key (hence path) of each.
+
+One plan serves Snakemake (the Snakefile asks it for paths), every script (which asks it where
+to write and what to read) and DVC (generated from it). A stage's key hashes what the stage is
+built from: its own resolved config slice, the keys of its inputs, the content hash of the data
+files it reads, and the version of its code (script + imported modelmake modules + libraries).
+So a LoRA-only change moves finetune/adapter/generate to new keys and leaves quantize and export
+where they are; a second run finds every path built and does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from modelmake.codeversion import code_version
+from modelmake.errors import ModelmakeError
+
+ROOT = Path(__file__).resolve().parent.parent.parent  # the project checkout
+CONF_DIR = ROOT / "conf"
+SCRIPTS_DIR = ROOT / "scripts"
+KEY_LEN = 12
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    config: tuple[str, ...]          # config groups whose resolved values go into the key
+    inputs: tuple[str, ...]          # upstream stages
+    libraries: tuple[str, ...]       # distributions whose versions go into the key
+    manifest: str = "manifest.json"  # the file target, written last
+
+
+STAGES: dict[str, StageSpec] = {s.name: s for s in [
+    StageSpec("base", ("model",), (), ("torch", "transformers", "tokenizers", "safetensors")),
+    StageSpec("dataset", ("data",), (), ()),
+    StageSpec("quantize", ("quantize",), ("base", "dataset"),
+              ("torch", "transformers", "autoawq", "safetensors")),
+    StageSpec("finetune", ("lora", "train"), ("quantize", "dataset"),
+              ("torch", "transformers", "autoawq", "peft", "safetensors")),
+    StageSpec("export", ("export",), ("quantize",),
+              ("torch", "transformers", "autoawq", "onnx", "onnx-ir", "onnxruntime", "onnxruntime-genai")),
+    StageSpec("adapter", (), ("finetune", "export"), ("onnx", "onnxruntime", "safetensors", "numpy")),
+    StageSpec("generate", ("generate", "data"), ("export", "adapter"), ("onnxruntime-genai",)),
+]}
+FINAL_STAGE = "generate"
+
+
+@dataclass
+class Node:
+    stage: str
+    key: str
+    path: Path                       # the artifact folder, relative to the project root
+    config: dict
+    inputs: dict[str, "Node"]
+    data: dict[str, str]             # data file path -> sha256
+    code: dict
+    overrides: tuple[str, ...] = ()  # the Hydra overrides of the point that first asked for it
+
+    @property
+    def manifest(self) -> Path:
+        return self.path / STAGES[self.stage].manifest
+
+    def provenance(self) -> dict:
+        return {
+            "stage": self.stage,
+            "key": self.key,
+            "path": str(self.path),
+            "config": self.config,
+            "inputs": {k: {"key": n.key, "path": str(n.path)} for k, n in self.inputs.items()},
+            "data": self.data,
+            "code": self.code,
+            "overrides": list(self.overrides),
+        }
+
+
+@dataclass
+class Plan:
+    points: list[tuple[str, ...]]                       # the override list of each sweep point
+    finals: list[dict[str, Node]] = field(default_factory=list)  # per point: stage -> node
+    nodes: dict[tuple[str, str], Node] = field(default_factory=dict)
+
+    def node(self, stage: str, key: str) -> Node:
+        try:
+            return self.nodes[(stage, key)]
+        except KeyError:
+            raise ModelmakeError(f"no {stage} artifact with key {key} in this configuration") from None
+
+    def targets(self, stage: str = FINAL_STAGE) -> list[str]:
+        return sorted({str(p[stage].manifest) for p in self.finals})
+
+    def keys(self, stage: str) -> list[str]:
+        return sorted({p[stage].key for p in self.finals})
+
+
+# --- data hashing ---------------------------------------------------------------------------
+_HASHES: dict[tuple, str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    st = path.stat()
+    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _HASHES:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _HASHES[memo] = h.hexdigest()
+    return _HASHES[memo]
+
+
+def _data_file(field_name: str, value: str) -> Path:
+    path = Path(value)
+    full = path if path.is_absolute() else ROOT / path
+    if not full.is_file():
+        raise ModelmakeError(f"{field_name}: data file not found: {value}")
+    return full
+
+
+def _model_source_fingerprint(model_cfg) -> dict:
+    """A pretrained model's identity: a local folder's config and file sizes, or hub id + revision."""
+    src = Path(model_cfg.source)
+    full = src if src.is_absolute() else ROOT / src
+    if full.is_dir():
+        files = sorted(p for p in full.iterdir() if p.is_file())
+        return {"local": {p.name: (file_sha256(p) if p.suffix == ".json" else p.stat().st_size) for p in files}}
+    return {"hub": model_cfg.source, "revision": model_cfg.revision}
+
+
+def stage_data(stage: str, cfg: DictConfig) -> dict[str, str]:
+    if stage == "dataset":
+        return {cfg.data.path: file_sha256(_data_file("data.path", cfg.data.path))}
+    if stage == "base":
+        if cfg.model.kind == "tiny":
+            return {cfg.model.corpus: file_sha256(_data_file("model.corpus", cfg.model.corpus))}
+        return {"model.source": hashlib.sha256(
+            json.dumps(_model_source_fingerprint(cfg.model), sort_keys=True).encode()).hexdigest()}
+    return {}
+
+
+# --- keys -----------------------------------------------------------------------------------
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:KEY_LEN]
+
+
+def script_path(stage: str) -> Path:
+    return SCRIPTS_DIR / f"{stage}.py"
+
+
+def plan_point(cfg: DictConfig, overrides: tuple[str, ...] = (), into: Plan | None = None) -> dict[str, Node]:
+    """Nodes of every stage for one resolved configuration."""
+    artifacts = Path(cfg.artifacts)
+    nodes: dict[str, Node] = {}
+    for name, spec in STAGES.items():  # STAGES is in dependency order
+        config = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in spec.config}
+        inputs = {i: nodes[i] for i in spec.inputs}
+        data = stage_data(name, cfg)
+        code = code_version(script_path(name), spec.libraries)
+        key = digest({
+            "stage": name,
+            "config": config,
+            "inputs": {i: n.key for i, n in inputs.items()},
+            "data": sorted(data.values()),  # content, not where it lies
+            "code": code["sha256"],
+        })
+        node = Node(name, key, artifacts / name / key, config, inputs, data, code, overrides)
+        if into is not None:
+            node = into.nodes.setdefault((name, key), node)
+        nodes[name] = node
+    return nodes
+
+
+# --- configuration --------------------------------------------------------------------------
+@lru_cache(maxsize=256)
+def compose(overrides: tuple[str, ...]) -> DictConfig:
+    """The resolved config for these Hydra overrides; unknown keys are refused."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ModelmakeError(f"config overrides {list(overrides)}: {e}") from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    """Schema checks Hydra's struct mode does not do: types and ranges of the fields that matter."""
+    def need(cond: bool, field_name: str, msg: str):
+        if not cond:
+            raise ModelmakeError(f"config field '{field_name}': {msg}")
+
+    def positive_int(field_name: str):
+        v = OmegaConf.select(cfg, field_name)
+        need(isinstance(v, int) and not isinstance(v, bool) and v > 0, field_name, f"must be a positive integer, got {v!r}")
+
+    def positive_number(field_name: str):
+        v = OmegaConf.select(cfg, field_name)
+        need(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, field_name, f"must be a positive number, got {v!r}")
+
+    need(cfg.model.kind in ("tiny", "pretrained"), "model.kind", f"must be 'tiny' or 'pretrained', got {cfg.model.kind!r}")
+    for f in ("lora.r", "train.steps", "train.batch_size", "train.max_seq_len", "quantize.group_size",
+              "quantize.calib_samples", "quantize.calib_seq_len", "generate.max_new_tokens", "threads"):
+        positive_int(f)
+    for f in ("lora.alpha", "train.lr"):
+        positive_number(f)
+    need(0 <= cfg.lora.dropout < 1, "lora.dropout", f"must be in [0, 1), got {cfg.lora.dropout!r}")
+    need(0 < cfg.data.eval_fraction < 1, "data.eval_fraction", f"must be in (0, 1), got {cfg.data.eval_fraction!r}")
+    need(cfg.quantize.w_bit == 4, "quantize.w_bit", "AutoAWQ GEMM supports 4 bits only")
+    need(str(cfg.quantize.version).lower() == "gemm", "quantize.version", "the ORT-genai builder reads GEMM packing only")
+    need(cfg.export.precision in ("int4", "fp32"), "export.precision", f"must be int4 or fp32, got {cfg.export.precision!r}")
+    need(cfg.export.execution_provider in ("cpu", "cuda", "dml"), "export.execution_provider",
+         f"must be cpu, cuda or dml, got {cfg.export.execution_provider!r}")
+    need(len(cfg.lora.target_modules) > 0, "lora.target_modules", "must name at least one module")
+    need(bool(cfg.model.trust_remote_code) is False or cfg.model.kind == "pretrained", "model.trust_remote_code",
+         "only meaningful for a pretrained model")
+    if cfg.model.kind == "tiny":
+        a = cfg.model.architecture
+        for f in ("hidden_size", "intermediate_size"):
+            need(getattr(a, f) % cfg.quantize.group_size == 0, "quantize.group_size",
+                 f"{cfg.quantize.group_size} does not divide model.architecture.{f}={getattr(a, f)}")
+
+
+def _format_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_format_value(x) for x in v) + "]"
+    return str(v)
+
+
+def overrides_from_config(config: dict) -> list[str]:
+    """Snakemake's `--config k=v ...` (already YAML-parsed by Snakemake) as Hydra overrides."""
+    return [f"{k}={_format_value(v)}" for k, v in config.items()]
+
+
+def expand_sweep(overrides: list[str]) -> list[tuple[str, ...]]:
+    """Hydra's sweep syntax (`lora.r=8,16`, `range(...)`, `choice(...)`) as a list of points."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as e:
+        raise ModelmakeError(f"config overrides {overrides}: {e}") from None
+    axes = []
+    for o in parsed:
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            axes.append([o.input_line])
+    return [tuple(p) for p in itertools.product(*axes)] or [()]
+
+
+def build_plan(config: dict | None = None, overrides: list[str] | None = None) -> Plan:
+    """The plan for Snakemake's config dict (or raw Hydra overrides), sweeps expanded."""
+    ov = list(overrides or []) + overrides_from_config(config or {})
+    points = expand_sweep(ov)
+    plan = Plan(points=points)
+    for point in points:
+        plan.finals.append(plan_point(compose(point), point, into=plan))
+    return plan
+
+
+def plan_for_cfg(cfg: DictConfig) -> dict[str, Node]:
+    """Nodes for a config an entry point received from @hydra.main."""
+    validate(cfg)
+    return plan_point(cfg)
