@@ -21,10 +21,10 @@ def check_loads(model_dir: Path, adapter_path: Path) -> None:
     adapters = og.Adapters(model)
     adapters.load(str(adapter_path), "check")
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=4)
+    params.set_search_options(max_length=16)
     gen = og.Generator(model, params)
     gen.set_active_adapter(adapters, "check")
-    gen.append_tokens([0])
+    gen.append_tokens(og.Tokenizer(model).encode("Hello"))
 
 
 def build(node, out: Path, cfg) -> dict:

@@ -71,17 +71,17 @@ def add_lora(model_dir: Path, num_layers: int, targets: list[str]) -> dict:
 
 
 def smoke_test(model_dir: Path) -> float:
-    """Load the graph with onnxruntime-genai and run one prompt token: finite logits or refuse."""
+    """Load the graph with onnxruntime-genai and run a short prompt: finite, non-zero logits or refuse."""
     import numpy as np
     import onnxruntime_genai as og
 
     model = og.Model(str(model_dir))
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=8)
+    params.set_search_options(max_length=16)
     gen = og.Generator(model, params)
-    gen.append_tokens([0])
+    gen.append_tokens(og.Tokenizer(model).encode("Hello"))
     logits = np.asarray(gen.get_logits())
-    if not np.isfinite(logits).all():
+    if not np.isfinite(logits).all() or not np.abs(logits).max() > 0:
         raise ModelmakeError(f"{model_dir}: exported graph produces non-finite logits")
     return float(np.abs(logits).max())
 

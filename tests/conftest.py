@@ -1,0 +1,79 @@
+"""Shared fixtures: one real cold build of the whole chain, in a copy of the project, per session.
+
+Tests then ask Snakemake itself (dry runs) what a change would rebuild, and compare the built
+ONNX graphs and adapters against torch + peft on the same weights.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MODELMAKE_SHARED_DATA", REPO.parent / "shared" / "data"))
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+IGNORE = shutil.ignore_patterns(".git", ".venv", "artifacts", "logs", ".snakemake", "__pycache__",
+                                "*.egg-info", ".pytest_cache", "bench", "outputs", ".dvc")
+
+
+def copy_project(dst: Path, built: Path | None = None) -> Path:
+    """A copy of the project's sources; with `built`, that copy's artifacts come along."""
+    shutil.copytree(REPO, dst, ignore=IGNORE)
+    if built is not None:
+        shutil.copytree(built / "artifacts", dst / "artifacts")
+    return dst
+
+
+def run(project: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run a command in `project`, importing that copy's modelmake (its edits count)."""
+    env = os.environ | {"PYTHONPATH": str(project / "src")}
+    return subprocess.run(list(args), cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def snakemake(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return run(project, SNAKEMAKE, *args)
+
+
+def build(project: Path, *config: str) -> subprocess.CompletedProcess:
+    args = ["--cores", "2"] + (["--config", *config] if config else [])
+    r = snakemake(project, *args)
+    assert r.returncode == 0, f"snakemake {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    return r
+
+
+def planned_jobs(project: Path, *config: str) -> dict[str, int]:
+    """Snakemake's own dry run: the number of jobs per rule it would run (empty: nothing to do)."""
+    args = ["-n"] + (["--config", *config] if config else [])
+    r = snakemake(project, *args)
+    assert r.returncode == 0, f"snakemake {' '.join(args)} failed:\n{r.stderr[-3000:]}"
+    out = r.stdout + r.stderr
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:", 1)[1]
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M))
+    jobs.pop("total", None)
+    return {k: int(v) for k, v in jobs.items() if k != "all"}
+
+
+def nodes(project: Path, *overrides: str) -> dict:
+    """The plan's nodes for one configuration, with paths inside `project`."""
+    from modelmake.plan import build_plan
+
+    point = build_plan(overrides=list(overrides)).finals[0]
+    for n in point.values():
+        n.path = project / n.path
+    return point
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory) -> Path:
+    """The whole default chain, built cold with Snakemake in a fresh copy of the project."""
+    dst = copy_project(tmp_path_factory.mktemp("built") / "modelmake")
+    build(dst)
+    return dst

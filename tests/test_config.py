@@ -1,0 +1,89 @@
+"""Every config composes, the schema refuses bad values, sweeps expand, keys are shared."""
+
+from pathlib import Path
+
+import pytest
+
+from modelmake.errors import ModelmakeError
+from modelmake.plan import CONF_DIR, build_plan, compose, expand_sweep, overrides_from_config
+
+GROUPS = ["model", "data", "quantize", "lora", "train", "export", "generate"]
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_group_option_composes(group, option):
+    cfg = compose((f"{group}={option}",))
+    assert cfg[group] is not None
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes(experiment):
+    compose((f"experiment={experiment}",))
+
+
+def test_every_config_file_opens_with_a_comment_or_defaults():
+    for path in CONF_DIR.rglob("*.yaml"):
+        first = path.read_text().lstrip().splitlines()[0]
+        assert first.startswith(("#", "defaults:")), f"{path} should say what it is for"
+
+
+@pytest.mark.parametrize("override,field", [
+    ("lora.rr=4", "lora.rr"),                # unknown key
+    ("lora.r=0", "lora.r"),
+    ("lora.r=abc", "lora.r"),
+    ("train.lr=-1", "train.lr"),
+    ("lora.dropout=1.5", "lora.dropout"),
+    ("data.eval_fraction=0", "data.eval_fraction"),
+    ("quantize.group_size=96", "quantize.group_size"),  # does not divide hidden_size=256
+    ("export.precision=int8", "export.precision"),
+    ("data.path=data/nope.jsonl", "data.path"),
+])
+def test_bad_config_is_refused_naming_the_field(override, field):
+    with pytest.raises(ModelmakeError) as e:
+        build_plan(overrides=[override])
+    assert field.split(".")[-1] in str(e.value)
+
+
+def test_snakemake_config_becomes_hydra_overrides():
+    ov = overrides_from_config({"lora.r": "8,16", "train.lr": 0.001, "lora.target_modules": ["qkv_proj", "o_proj"],
+                                "quantize.apply_clip": False})
+    assert ov == ["lora.r=8,16", "train.lr=0.001", "lora.target_modules=[qkv_proj,o_proj]", "quantize.apply_clip=false"]
+
+
+def test_sweep_expands_to_the_cartesian_product():
+    points = expand_sweep(["lora.r=4,8,16", "train.lr=1e-4,3e-4", "train.steps=50"])
+    assert len(points) == 6
+    assert ("lora.r=4", "train.lr=0.0001", "train.steps=50") in points
+
+
+def test_sweep_shares_quantize_and_export_but_not_finetune():
+    plan = build_plan({"lora.r": "4,8,16", "train.lr": "1e-4,3e-4"})
+    assert len(plan.finals) == 6
+    for stage in ("base", "dataset", "quantize", "export"):
+        assert len(plan.keys(stage)) == 1, stage
+    for stage in ("finetune", "adapter", "generate"):
+        assert len(plan.keys(stage)) == 6, stage
+
+
+def test_an_override_that_changes_nothing_keeps_every_key():
+    default = build_plan().finals[0]
+    same = build_plan({"lora.r": 8, "train.lr": 1e-3}).finals[0]
+    assert {k: n.key for k, n in default.items()} == {k: n.key for k, n in same.items()}
+
+
+def test_lora_only_change_keeps_quantize_and_export_keys():
+    a, b = build_plan().finals[0], build_plan({"train.lr": 3e-4}).finals[0]
+    assert [s for s in a if a[s].key != b[s].key] == ["finetune", "adapter", "generate"]
+
+
+def test_key_covers_the_code_a_stage_imports():
+    files = build_plan().finals[0]["finetune"].code["files"]
+    assert "src/modelmake/finetune.py" in files and "src/modelmake/awq_fixes.py" in files
+    assert "scripts/finetune.py" in files
+    assert "src/modelmake/onnx_lora.py" not in files  # not imported by finetune
+    libs = build_plan().finals[0]["finetune"].code["libraries"]
+    assert set(libs) >= {"torch", "peft", "autoawq", "transformers"}
