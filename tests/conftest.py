@@ -6,6 +6,7 @@ ONNX graphs and adapters against torch + peft on the same weights.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -40,8 +41,13 @@ def snakemake(project: Path, *args: str) -> subprocess.CompletedProcess:
     return run(project, SNAKEMAKE, *args)
 
 
+def config_args(overrides) -> list[str]:
+    """Hydra overrides as Snakemake `--config` (Snakemake refuses dotted keys; see plan.py)."""
+    return ["--config", f"overrides={json.dumps(list(overrides))}"] if overrides else []
+
+
 def build(project: Path, *config: str) -> subprocess.CompletedProcess:
-    args = ["--cores", "2"] + (["--config", *config] if config else [])
+    args = ["--cores", "2"] + config_args(config)
     r = snakemake(project, *args)
     assert r.returncode == 0, f"snakemake {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     return r
@@ -49,10 +55,13 @@ def build(project: Path, *config: str) -> subprocess.CompletedProcess:
 
 def planned_jobs(project: Path, *config: str) -> dict[str, int]:
     """Snakemake's own dry run: the number of jobs per rule it would run (empty: nothing to do)."""
-    args = ["-n"] + (["--config", *config] if config else [])
+    args = ["-n"] + config_args(config)
     r = snakemake(project, *args)
     assert r.returncode == 0, f"snakemake {' '.join(args)} failed:\n{r.stderr[-3000:]}"
-    out = r.stdout + r.stderr
+    return parse_jobs(r.stdout + r.stderr)
+
+
+def parse_jobs(out: str) -> dict[str, int]:
     if "Nothing to be done" in out:
         return {}
     table = out.split("Job stats:", 1)[1]

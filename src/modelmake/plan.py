@@ -50,6 +50,8 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("generate", ("generate", "data"), ("export", "adapter"), ("onnxruntime-genai",)),
 ]}
 FINAL_STAGE = "generate"
+# Fields naming data files: keyed by the files' content (see stage_data), not by where they lie.
+PATH_FIELDS = {"data": ("path",), "model": ("corpus",)}
 
 
 @dataclass
@@ -159,12 +161,13 @@ def plan_point(cfg: DictConfig, overrides: tuple[str, ...] = (), into: Plan | No
     nodes: dict[str, Node] = {}
     for name, spec in STAGES.items():  # STAGES is in dependency order
         config = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in spec.config}
+        keyed = {g: {k: v for k, v in c.items() if k not in PATH_FIELDS.get(g, ())} for g, c in config.items()}
         inputs = {i: nodes[i] for i in spec.inputs}
         data = stage_data(name, cfg)
         code = code_version(script_path(name), spec.libraries)
         key = digest({
             "stage": name,
-            "config": config,
+            "config": keyed,
             "inputs": {i: n.key for i, n in inputs.items()},
             "data": sorted(data.values()),  # content, not where it lies
             "code": code["sha256"],
@@ -241,9 +244,31 @@ def _format_value(v) -> str:
     return str(v)
 
 
+OVERRIDES_KEY = "overrides"
+
+
 def overrides_from_config(config: dict) -> list[str]:
-    """Snakemake's `--config k=v ...` (already YAML-parsed by Snakemake) as Hydra overrides."""
-    return [f"{k}={_format_value(v)}" for k, v in config.items()]
+    """Snakemake's `--config` (already YAML-parsed by Snakemake) as Hydra overrides.
+
+    Snakemake 9 refuses dotted keys (`--config lora.r=16` fails to parse), so two forms reach
+    Hydra: nested YAML, `--config lora='{r: 16}'` -> `lora.r=16`, and a verbatim list,
+    `--config overrides='["lora.r=8,16", "train.lr=1e-3"]'` (what `modelmake build` passes).
+    """
+    out: list[str] = []
+
+    def walk(prefix: str, value):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out.append(f"{prefix}={_format_value(value)}")
+
+    for key, value in config.items():
+        if key == OVERRIDES_KEY:
+            out.extend([value] if isinstance(value, str) else [str(v) for v in value])
+        else:
+            walk(key, value)
+    return out
 
 
 def expand_sweep(overrides: list[str]) -> list[tuple[str, ...]]:

@@ -1,0 +1,102 @@
+"""`modelmake`: the build graph with Hydra override syntax, and the recipe's try-it step.
+
+  modelmake build [overrides...] [-- snakemake args]   e.g. modelmake build lora.r=8,16
+  modelmake plan  [overrides...]                        keys, paths and what is built
+  modelmake generate --prompt "..." [--model DIR] [--adapter FILE] [overrides...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from modelmake.errors import ModelmakeError
+from modelmake.plan import OVERRIDES_KEY, ROOT, build_plan
+
+
+def snakemake_command(overrides: list[str], extra: list[str]) -> list[str]:
+    exe = shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")
+    cmd = [exe, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(ROOT)]
+    if "--cores" not in extra and "-c" not in extra:
+        cmd += ["--cores", "all"]
+    if overrides:
+        cmd += ["--config", f"{OVERRIDES_KEY}={json.dumps(overrides)}"]
+    return cmd + extra
+
+
+def cmd_build(args) -> int:
+    build_plan(overrides=args.overrides)  # refuse a bad config before Snakemake starts
+    return subprocess.call(snakemake_command(args.overrides, args.snakemake))
+
+
+def cmd_plan(args) -> int:
+    plan = build_plan(overrides=args.overrides)
+    print(f"{len(plan.points)} point(s)")
+    print(f"{'stage':<10} {'key':<13} {'built':<6} path")
+    seen = set()
+    for point in plan.finals:
+        for stage, node in point.items():
+            if (stage, node.key) in seen:
+                continue
+            seen.add((stage, node.key))
+            built = "yes" if (ROOT / node.manifest).exists() else "no"
+            print(f"{stage:<10} {node.key:<13} {built:<6} {node.path}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from modelmake.adapter import ADAPTER_FILE
+    from modelmake.generate import prompt_text, stream
+    from modelmake.plan import compose
+
+    cfg = compose(tuple(args.overrides))
+    point = build_plan(overrides=args.overrides).finals[0]
+    model = Path(args.model) if args.model else ROOT / point["export"].path / "model"
+    adapter = None
+    if not args.no_adapter:
+        adapter = Path(args.adapter) if args.adapter else ROOT / point["adapter"].path / ADAPTER_FILE
+    text = prompt_text(cfg.data.template, cfg.data.response_marker, args.prompt) if not args.raw else args.prompt
+    result = stream(model, text, adapter, args.max_new_tokens or cfg.generate.max_new_tokens)
+    print(f"[{result['new_tokens']} tokens, {result['tokens_per_s']:.0f} tokens/s, "
+          f"first token {1000 * result['time_to_first_token_s']:.1f} ms]", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    parser = argparse.ArgumentParser(prog="modelmake", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build", help="build the default target (a sweep with comma lists)")
+    b.add_argument("overrides", nargs="*")
+    p = sub.add_parser("plan", help="print keys and paths of every artifact")
+    p.add_argument("overrides", nargs="*")
+    g = sub.add_parser("generate", help="stream a generation with an adapter active")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--model", help="onnxruntime-genai model folder (default: this config's export)")
+    g.add_argument("--adapter", help=".onnx_adapter file (default: this config's adapter)")
+    g.add_argument("--no-adapter", action="store_true", help="run the base graph alone")
+    g.add_argument("--raw", action="store_true", help="send the prompt as is, without the data template")
+    g.add_argument("--max-new-tokens", type=int)
+    g.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    args.snakemake = extra
+    os.chdir(ROOT)
+    try:
+        return {"build": cmd_build, "plan": cmd_plan, "generate": cmd_generate}[args.command](args)
+    except ModelmakeError as e:
+        print(f"modelmake: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

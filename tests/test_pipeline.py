@@ -1,0 +1,114 @@
+"""The build graph, end to end: what Snakemake would rebuild after each kind of change (its own
+dry run), atomic refusal, the shared travel set through the whole chain."""
+
+import json
+import sys
+import shutil
+
+import pytest
+
+from conftest import SHARED_DATA, build, copy_project, nodes, parse_jobs, planned_jobs, run, snakemake
+
+DOWNSTREAM_OF_LORA = {"finetune": 1, "adapter": 1, "generate": 1}
+
+
+def test_cold_build_produced_every_artifact_with_its_manifest(project):
+    point = nodes(project)
+    for stage, node in point.items():
+        m = json.loads(node.manifest.read_text())
+        assert m["key"] == node.key and m["stage"] == stage
+        assert m["code"]["sha256"] == node.code["sha256"]
+        assert {k: v["key"] for k, v in m["inputs"].items()} == {k: n.key for k, n in node.inputs.items()}
+    ft = json.loads(point["finetune"].manifest.read_text())["metrics"]
+    assert ft["eval_loss"] < 0.7 * ft["eval_loss_before"], ft  # the fine-tune learned something
+    assert (point["finetune"].path / "adapter" / "adapter_model.safetensors").exists()
+    assert (point["adapter"].path / "adapter.onnx_adapter").exists()
+    gen = json.loads((point["generate"].path / "generation.json").read_text())
+    assert gen["new_tokens"] > 0 and gen["completion"].strip()
+
+
+def test_second_run_does_nothing(project):
+    assert planned_jobs(project) == {}
+
+
+@pytest.mark.parametrize("change", ["lora.r=16", "train.lr=3e-4", "train.steps=50", "lora.alpha=32"])
+def test_lora_only_change_reruns_finetune_adapter_generate_only(project, change):
+    assert planned_jobs(project, change) == DOWNSTREAM_OF_LORA
+
+
+def test_generate_only_change_reruns_generate_only(project):
+    assert planned_jobs(project, "generate.max_new_tokens=8") == {"generate": 1}
+
+
+def test_sweep_shares_one_quantize_and_one_export(project):
+    assert planned_jobs(project, "lora.r=2,4,16") == {"finetune": 3, "adapter": 3, "generate": 3}
+
+
+def test_quantize_change_keeps_base_and_dataset(project):
+    jobs = planned_jobs(project, "quantize.apply_clip=false")
+    assert jobs == {"quantize": 1, "finetune": 1, "export": 1, "adapter": 1, "generate": 1}
+
+
+def test_changed_data_file_reruns_what_reads_it(project, tmp_path):
+    data = tmp_path / "travel.jsonl"
+    shutil.copy(project / "data" / "travel_sample.jsonl", data)
+    assert planned_jobs(project, f"data.path={data}") == {}  # same content, other path: nothing
+    with data.open("a") as f:
+        f.write(json.dumps({"prompt": "Is Oslo expensive?", "response": "Yes, plan a budget."}) + "\n")
+    jobs = planned_jobs(project, f"data.path={data}")
+    assert jobs == {"dataset": 1, "quantize": 1, "finetune": 1, "export": 1, "adapter": 1, "generate": 1}
+
+
+@pytest.mark.parametrize("module,expected", [
+    ("finetune.py", DOWNSTREAM_OF_LORA),
+    ("onnx_lora.py", {"export": 1, "adapter": 1, "generate": 1}),
+    ("generate.py", {"generate": 1}),
+    ("awq_fixes.py", {"quantize": 1, "finetune": 1, "export": 1, "adapter": 1, "generate": 1}),
+])
+def test_editing_a_module_reruns_the_stages_that_import_it(project, tmp_path, module, expected):
+    edited = copy_project(tmp_path / "p", built=project)
+    assert planned_jobs(edited) == {}
+    with (edited / "src" / "modelmake" / module).open("a") as f:
+        f.write("\n# an edit\n")
+    assert planned_jobs(edited) == expected
+
+
+def test_unknown_config_key_stops_snakemake_with_one_clear_message(project):
+    r = snakemake(project, "-n", "--config", "lora={rank: 16}")
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "modelmake: config overrides" in out and "Could not override 'lora.rank'" in out
+
+
+def test_nested_snakemake_config_is_the_same_override(project):
+    assert planned_jobs(project, "lora.r=16") == DOWNSTREAM_OF_LORA
+    r = snakemake(project, "-n", "--config", "lora={r: 16}", "train={lr: 1.0e-3}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert parse_jobs(r.stdout + r.stderr) == DOWNSTREAM_OF_LORA
+
+
+def test_a_refused_stage_leaves_no_folder_behind(project, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
+    before = set((project / "artifacts" / "dataset").iterdir())
+    r = run(project, sys.executable, "scripts/dataset.py", f"data.path={bad}")
+    assert r.returncode == 2
+    assert f"{bad}:2: field 'response' is missing" in r.stderr
+    assert set((project / "artifacts" / "dataset").iterdir()) == before  # no final, no temp folder
+
+
+def test_a_stage_alone_refuses_when_its_input_is_not_built(project):
+    r = run(project, sys.executable, "scripts/finetune.py", "quantize.group_size=128")
+    assert r.returncode == 2
+    assert "input 'quantize' is not built" in r.stderr
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "data_sample_travel.jsonl").exists(), reason="../shared/data not present")
+def test_shared_travel_set_runs_through_the_whole_chain(project):
+    path = SHARED_DATA / "data_sample_travel.jsonl"
+    build(project, f"data.path={path}")
+    point = nodes(project, f"data.path={path}")
+    ds = json.loads(point["dataset"].manifest.read_text())["metrics"]
+    assert ds["records"] == 289 and ds["distinct"] < 289  # real data: repeated prompts
+    assert json.loads(point["generate"].manifest.read_text())["metrics"]["new_tokens"] > 0
+    assert point["base"].key == nodes(project)["base"].key  # the tiny base is not rebuilt
