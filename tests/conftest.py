@@ -6,19 +6,17 @@ ONNX graphs and adapters against torch + peft on the same weights.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from modelmake.workflow import config_args, parse_jobs, snakemake_exe
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MODELMAKE_SHARED_DATA", REPO.parent / "shared" / "data"))
-SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 IGNORE = shutil.ignore_patterns(".git", ".venv", "artifacts", "logs", ".snakemake", "__pycache__",
                                 "*.egg-info", ".pytest_cache", "bench", "outputs", ".dvc")
 
@@ -38,12 +36,7 @@ def run(project: Path, *args: str, timeout: int = 900) -> subprocess.CompletedPr
 
 
 def snakemake(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return run(project, SNAKEMAKE, *args)
-
-
-def config_args(overrides) -> list[str]:
-    """Hydra overrides as Snakemake `--config` (Snakemake refuses dotted keys; see plan.py)."""
-    return ["--config", f"overrides={json.dumps(list(overrides))}"] if overrides else []
+    return run(project, snakemake_exe(), *args)
 
 
 def build(project: Path, *config: str) -> subprocess.CompletedProcess:
@@ -59,15 +52,6 @@ def planned_jobs(project: Path, *config: str) -> dict[str, int]:
     r = snakemake(project, *args)
     assert r.returncode == 0, f"snakemake {' '.join(args)} failed:\n{r.stderr[-3000:]}"
     return parse_jobs(r.stdout + r.stderr)
-
-
-def parse_jobs(out: str) -> dict[str, int]:
-    if "Nothing to be done" in out:
-        return {}
-    table = out.split("Job stats:", 1)[1]
-    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M))
-    jobs.pop("total", None)
-    return {k: int(v) for k, v in jobs.items() if k != "all"}
 
 
 def nodes(project: Path, *overrides: str) -> dict:

@@ -8,25 +8,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from modelmake.errors import ModelmakeError
-from modelmake.plan import OVERRIDES_KEY, ROOT, build_plan
+from modelmake.plan import ROOT, build_plan
+from modelmake.workflow import config_args, snakemake_exe
 
 
 def snakemake_command(overrides: list[str], extra: list[str]) -> list[str]:
-    exe = shutil.which("snakemake") or str(Path(sys.executable).parent / "snakemake")
-    cmd = [exe, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(ROOT)]
+    cmd = [snakemake_exe(), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(ROOT)]
     if "--cores" not in extra and "-c" not in extra:
         cmd += ["--cores", "all"]
-    if overrides:
-        cmd += ["--config", f"{OVERRIDES_KEY}={json.dumps(overrides)}"]
-    return cmd + extra
+    return cmd + config_args(overrides) + extra
 
 
 def cmd_build(args) -> int:

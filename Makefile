@@ -1,0 +1,34 @@
+# The two set-up commands (README):  make run   |   make test
+# Both install into .venv first (pinned, CPU torch), so each works on a fresh machine.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat requirements/*.txt pyproject.toml | sha256sum | cut -c1-12)
+PYTEST_ARGS ?=
+
+.PHONY: install run test bench clean
+
+$(STAMP): requirements/base.txt requirements/no-deps.txt requirements/constraints.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements/base.txt -c requirements/constraints.txt
+	# AutoAWQ without its declared deps: it pulls triton (~1 GB, unused on CPU; see requirements/no-deps.txt)
+	$(PY) -m pip install -q --no-deps -r requirements/no-deps.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+## the whole recipe on the embedded tiny model, printing the streamed generation
+run: install
+	$(VENV)/bin/snakemake --cores all
+
+## the test suite (what CI runs)
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+## cold / no-op / incremental timings of the build graph
+bench: install
+	$(PY) bench/pipeline.py
+
+clean:
+	rm -rf artifacts logs .snakemake
