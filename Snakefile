@@ -14,12 +14,13 @@ include: "rules/finetune.smk"
 include: "rules/export.smk"
 include: "rules/adapter.smk"
 include: "rules/generate.smk"
+include: "rules/register.smk"
 
 
 rule all:
     default_target: True
     input:
-        PLAN.targets("generate"),
+        PLAN.targets("register"),
 
 
 onsuccess:

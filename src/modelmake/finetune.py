@@ -8,7 +8,7 @@ as `adapter_config.json` + `adapter_model.safetensors`.
 
 from __future__ import annotations
 
-import json
+import csv
 import logging
 import math
 from pathlib import Path
@@ -100,12 +100,14 @@ def train(model, train_ex, eval_ex, t, pad_id: int, log_path: Path) -> dict:
         return 0.5 * (1 + math.cos(math.pi * progress))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    history = []
     eval0 = mean_loss(model, eval_ex, pad_id, t.batch_size)
-    history.append({"step": 0, "eval_loss": eval0})
+    history = [{"step": 0, "train_loss": "", "eval_loss": eval0, "lr": 0.0}]
     it = batches(len(train_ex), t.batch_size, t.seed)
     bar = tqdm(range(1, t.steps + 1), desc="finetune", mininterval=2)
-    with log_path.open("w") as logf:
+    with log_path.open("w", newline="") as logf:
+        writer = csv.DictWriter(logf, fieldnames=["step", "train_loss", "eval_loss", "lr"])
+        writer.writeheader()
+        writer.writerow(history[0])
         for step in bar:
             model.train()
             ids, mask, labels = collate([train_ex[i] for i in next(it)], pad_id)
@@ -117,13 +119,13 @@ def train(model, train_ex, eval_ex, t, pad_id: int, log_path: Path) -> dict:
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            row = {"step": step, "train_loss": loss.item(), "lr": sched.get_last_lr()[0]}
+            row = {"step": step, "train_loss": loss.item(), "eval_loss": "", "lr": sched.get_last_lr()[0]}
             if step % t.eval_every == 0 or step == t.steps:
                 row["eval_loss"] = mean_loss(model, eval_ex, pad_id, t.batch_size)
             history.append(row)
-            logf.write(json.dumps(row) + "\n")
+            writer.writerow(row)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    train_tail = [h["train_loss"] for h in history if "train_loss" in h][-10:]
+    train_tail = [h["train_loss"] for h in history[1:]][-10:]
     return {
         "eval_loss_before": eval0,
         "eval_loss": history[-1]["eval_loss"],
@@ -147,6 +149,6 @@ def build(node, out: Path, cfg) -> dict:
     t = cfg.train
     train_ex = encode(tok, read_split(ddir, "train"), t.max_seq_len)
     eval_ex = encode(tok, read_split(ddir, "eval"), t.max_seq_len)
-    metrics = train(model, train_ex, eval_ex, t, pad_id, out / "train_log.jsonl")
+    metrics = train(model, train_ex, eval_ex, t, pad_id, out / "train_log.csv")
     model.save_pretrained(out / "adapter", safe_serialization=True)
     return metrics | {"trainable_parameters": trainable}

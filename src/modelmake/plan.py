@@ -48,8 +48,9 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
               ("torch", "transformers", "autoawq", "onnx", "onnx-ir", "onnxruntime", "onnxruntime-genai")),
     StageSpec("adapter", (), ("finetune", "export"), ("onnx", "onnxruntime", "safetensors", "numpy")),
     StageSpec("generate", ("generate", "data"), ("export", "adapter"), ("onnxruntime-genai",)),
+    StageSpec("register", ("register",), ("export", "adapter", "generate"), ("mlflow", "azure-ai-ml")),
 ]}
-FINAL_STAGE = "generate"
+FINAL_STAGE = "register"
 # Fields naming data files: keyed by the files' content (see stage_data), not by where they lie.
 PATH_FIELDS = {"data": ("path",), "model": ("corpus",)}
 

@@ -16,10 +16,12 @@ from typing import Callable
 from omegaconf import DictConfig, OmegaConf
 
 from modelmake.atomic import atomic_dir, write_json
+from modelmake.provenance import MANIFEST, file_hashes
 from modelmake.errors import ModelmakeError
 from modelmake.plan import Node, plan_for_cfg
 
 log = logging.getLogger("modelmake")
+METRICS = "metrics.json"
 
 Build = Callable[[Node, Path, DictConfig], dict]
 
@@ -50,7 +52,9 @@ def run_stage(stage: str, cfg: DictConfig, build: Build) -> Node:
     started, t0 = _now(), time.perf_counter()
     with atomic_dir(node.path) as tmp:
         metrics = build(node, tmp, cfg) or {}
+        write_json(tmp / METRICS, metrics)
         manifest = node.provenance() | {
+            "files": file_hashes(tmp),
             "started": started,
             "finished": _now(),
             "seconds": round(time.perf_counter() - t0, 3),
@@ -59,7 +63,7 @@ def run_stage(stage: str, cfg: DictConfig, build: Build) -> Node:
             "python": sys.version.split()[0],
             "metrics": metrics,
         }
-        write_json(tmp / "manifest.json", manifest)
+        write_json(tmp / MANIFEST, manifest)
     log.info("%s: done in %.1f s -> %s", stage, time.perf_counter() - t0, node.path)
     return node
 

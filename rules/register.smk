@@ -1,0 +1,13 @@
+# The registered model asset (receipt.json: registry, name, version, URI), local MLflow or Azure ML.
+rule register:
+    input:
+        unpack(upstream("register")),
+    output:
+        manifest=f"{ART}/register/{{key}}/manifest.json",
+    log:
+        "logs/register/{key}.log",
+    params:
+        overrides=overrides("register"),
+    threads: 1
+    shell:
+        stage_cmd("register")

@@ -1,0 +1,97 @@
+"""Provenance: what each artifact's manifest says, checking it against the files, and the
+lineage of any artifact printed back to the data it was built from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from modelmake.errors import ModelmakeError
+
+MANIFEST = "manifest.json"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder` but the manifest itself, by relative path."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MANIFEST}
+
+
+def read_manifest(artifact: Path) -> dict:
+    path = Path(artifact) / MANIFEST
+    if not path.is_file():
+        raise ModelmakeError(f"{artifact}: no {MANIFEST}; not a finished modelmake artifact")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelmakeError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+
+
+def verify(artifact: Path) -> dict:
+    """The manifest, after checking that the folder holds exactly the files it lists, unchanged."""
+    manifest = read_manifest(artifact)
+    listed = manifest.get("files")
+    if listed is None:
+        raise ModelmakeError(f"{artifact}/{MANIFEST}: has no 'files' list to check against")
+    actual = file_hashes(artifact)
+    problems = [f"{name}: missing" for name in sorted(set(listed) - set(actual))]
+    problems += [f"{name}: not in the manifest" for name in sorted(set(actual) - set(listed))]
+    problems += [f"{name}: content changed" for name in sorted(set(listed) & set(actual))
+                 if listed[name] != actual[name]]
+    if problems:
+        raise ModelmakeError(f"{artifact}: does not match its manifest:\n  " + "\n  ".join(problems))
+    return manifest
+
+
+def lineage(artifact: Path, root: Path) -> list[dict]:
+    """This artifact's manifest and its inputs', depth first, each once."""
+    out, seen = [], set()
+
+    def walk(path: Path, depth: int):
+        m = read_manifest(path)
+        if m["key"] in seen and depth:
+            out.append({"depth": depth, "manifest": m, "seen": True})
+            return
+        seen.add(m["key"])
+        out.append({"depth": depth, "manifest": m, "seen": False})
+        for inp in m.get("inputs", {}).values():
+            walk(root / inp["path"], depth + 1)
+
+    walk(Path(artifact), 0)
+    return out
+
+
+def explain(artifact: Path, root: Path) -> str:
+    """A readable lineage: stage, key, config, code, data hashes and metrics, back to the data."""
+    lines = []
+    for entry in lineage(artifact, root):
+        m, pad = entry["manifest"], "    " * entry["depth"]
+        head = f"{pad}{m['stage']} {m['key']}  {m['path']}"
+        if entry["seen"]:
+            lines.append(head + "  (above)")
+            continue
+        lines.append(head)
+        lines.append(f"{pad}  built {m.get('finished', '?')} on {m.get('host', '?')} in {m.get('seconds', '?')} s, "
+                     f"code {m['code']['sha256'][:12]}")
+        libs = ", ".join(f"{k} {v}" for k, v in m["code"].get("libraries", {}).items())
+        if libs:
+            lines.append(f"{pad}  libraries: {libs}")
+        for group, values in m.get("config", {}).items():
+            lines.append(f"{pad}  config {group}: {json.dumps(values, sort_keys=True)}")
+        for path, digest in m.get("data", {}).items():
+            lines.append(f"{pad}  data {path} sha256:{digest}")
+        metrics = {k: v for k, v in (m.get("metrics") or {}).items() if isinstance(v, (int, float, str))}
+        if metrics:
+            lines.append(f"{pad}  metrics: " + ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+    return "\n".join(lines)
