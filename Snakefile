@@ -14,6 +14,7 @@ include: "rules/finetune.smk"
 include: "rules/export.smk"
 include: "rules/adapter.smk"
 include: "rules/generate.smk"
+include: "rules/evaluate.smk"
 include: "rules/register.smk"
 
 
@@ -21,6 +22,7 @@ rule all:
     default_target: True
     input:
         PLAN.targets("register"),
+        PLAN.targets("evaluate"),
 
 
 onsuccess:

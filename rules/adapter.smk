@@ -7,7 +7,7 @@ rule adapter:
     log:
         "logs/adapter/{key}.log",
     params:
-        overrides=overrides("adapter"),
+        cmd=command("adapter"),
     threads: 1
     shell:
         stage_cmd("adapter")

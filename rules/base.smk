@@ -8,7 +8,7 @@ rule base:
     log:
         "logs/base/{key}.log",
     params:
-        overrides=overrides("base"),
+        cmd=command("base"),
     threads: 2
     shell:
         stage_cmd("base")

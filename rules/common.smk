@@ -1,9 +1,8 @@
-import shlex
 import sys
 from pathlib import Path
 
 from modelmake.errors import ModelmakeError
-from modelmake.plan import build_plan, compose
+from modelmake.plan import build_plan, compose, stage_command
 
 try:
     PLAN = build_plan(config)
@@ -29,18 +28,18 @@ def upstream(stage):
     return inputs
 
 
-def overrides(stage):
-    def cli(wildcards):
-        return shlex.join(node(stage, wildcards).overrides)
-    return cli
+def command(stage):
+    """Params function: the stage's command, the same string dvc.yaml runs (plan.stage_command)."""
+    def cmd(wildcards):
+        return stage_command(node(stage, wildcards), PY)
+    return cmd
 
 
 def stage_cmd(stage):
-    """The script of a stage, with its point's overrides; MODELMAKE_EXPECT makes it refuse if
-    its own plan disagrees with the path Snakemake waits for."""
+    """MODELMAKE_EXPECT makes the script refuse if its own plan disagrees with the path Snakemake
+    waits for; threads= hands it the cores Snakemake granted."""
     return (
-        f"MODELMAKE_EXPECT={ART}/{stage}/{{wildcards.key}} "
-        f"{shlex.quote(PY)} scripts/{stage}.py {{params.overrides}} threads={{threads}} > {{log}} 2>&1"
+        f"MODELMAKE_EXPECT={ART}/{stage}/{{wildcards.key}} {{params.cmd}} threads={{threads}} > {{log}} 2>&1"
     )
 
 

@@ -8,7 +8,7 @@ rule dataset:
     log:
         "logs/dataset/{key}.log",
     params:
-        overrides=overrides("dataset"),
+        cmd=command("dataset"),
     threads: 1
     shell:
         stage_cmd("dataset")

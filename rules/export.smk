@@ -7,7 +7,7 @@ rule export:
     log:
         "logs/export/{key}.log",
     params:
-        overrides=overrides("export"),
+        cmd=command("export"),
     threads: 2
     shell:
         stage_cmd("export")

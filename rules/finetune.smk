@@ -7,7 +7,7 @@ rule finetune:
     log:
         "logs/finetune/{key}.log",
     params:
-        overrides=overrides("finetune"),
+        cmd=command("finetune"),
     threads: 2
     shell:
         stage_cmd("finetune")

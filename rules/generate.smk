@@ -7,7 +7,7 @@ rule generate:
     log:
         "logs/generate/{key}.log",
     params:
-        overrides=overrides("generate"),
+        cmd=command("generate"),
     threads: 1
     shell:
         stage_cmd("generate")

@@ -7,7 +7,7 @@ rule quantize:
     log:
         "logs/quantize/{key}.log",
     params:
-        overrides=overrides("quantize"),
+        cmd=command("quantize"),
     threads: 2
     shell:
         stage_cmd("quantize")

@@ -7,7 +7,7 @@ rule register:
     log:
         "logs/register/{key}.log",
     params:
-        overrides=overrides("register"),
+        cmd=command("register"),
     threads: 1
     shell:
         stage_cmd("register")

@@ -29,9 +29,9 @@ def copy_project(dst: Path, built: Path | None = None) -> Path:
     return dst
 
 
-def run(project: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def run(project: Path, *args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command in `project`, importing that copy's modelmake (its edits count)."""
-    env = os.environ | {"PYTHONPATH": str(project / "src")}
+    env = os.environ | {"PYTHONPATH": str(project / "src")} | (env or {})
     return subprocess.run(list(args), cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -3,6 +3,8 @@
   modelmake build [overrides...] [-- snakemake args]   e.g. modelmake build lora.r=8,16
   modelmake plan  [overrides...]                        keys, paths and what is built
   modelmake generate --prompt "..." [--model DIR] [--adapter FILE] [overrides...]
+  modelmake explain ARTIFACT [--verify]                 how it was made, back to the data
+  modelmake dvc [--check]                               regenerate dvc.yaml from the plan
 """
 
 from __future__ import annotations
@@ -63,6 +65,32 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_dvc(args) -> int:
+    from modelmake import dvcgen
+
+    if args.check:
+        if dvcgen.is_current():
+            print("dvc.yaml is current")
+            return 0
+        print("dvc.yaml is stale: run `modelmake dvc`", file=sys.stderr)
+        return 1
+    changed = dvcgen.write()
+    print("dvc.yaml " + ("written" if changed else "unchanged"))
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from modelmake.provenance import explain, verify
+
+    path = Path(args.artifact)
+    if path.name == "manifest.json":
+        path = path.parent
+    if args.verify:
+        verify(path)
+    print(explain(path, ROOT))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
@@ -84,11 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--raw", action="store_true", help="send the prompt as is, without the data template")
     g.add_argument("--max-new-tokens", type=int)
     g.add_argument("overrides", nargs="*")
+    d = sub.add_parser("dvc", help="generate dvc.yaml from conf/releases.yaml and the plan")
+    d.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml is stale")
+    e = sub.add_parser("explain", help="print how an artifact was made, back to the data")
+    e.add_argument("artifact", help="an artifact folder (or its manifest.json)")
+    e.add_argument("--verify", action="store_true", help="first check the files against the manifests")
     args = parser.parse_args(argv)
     args.snakemake = extra
     os.chdir(ROOT)
     try:
-        return {"build": cmd_build, "plan": cmd_plan, "generate": cmd_generate}[args.command](args)
+        commands = {"build": cmd_build, "plan": cmd_plan, "generate": cmd_generate, "dvc": cmd_dvc,
+                    "explain": cmd_explain}
+        return commands[args.command](args)
     except ModelmakeError as e:
         print(f"modelmake: error: {e}", file=sys.stderr)
         return 2

@@ -68,7 +68,8 @@ def render(template: str, marker: str, rec: dict) -> dict:
         prompt = template[:cut].format(**{k: v for k, v in rec.items() if not k.startswith("_")})
     else:
         prompt = ""
-    return {"text": text, "prompt": prompt, "line": rec["_line"]}
+    # completion: what the model is asked to produce (a label, for classification-style data)
+    return {"text": text, "prompt": prompt, "completion": text[len(prompt):], "line": rec["_line"]}
 
 
 def split(items: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:

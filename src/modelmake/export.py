@@ -20,6 +20,7 @@ import torch
 
 from modelmake.awq_fixes import WQLinear_GEMM, dequantized_weight, load_awq_model
 from modelmake.errors import ModelmakeError
+from modelmake.provenance import dir_size
 from modelmake.onnx_lora import add_lora_inputs
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,6 @@ def smoke_test(model_dir: Path) -> float:
     if not np.isfinite(logits).all() or not np.abs(logits).max() > 0:
         raise ModelmakeError(f"{model_dir}: exported graph produces non-finite logits")
     return float(np.abs(logits).max())
-
-
-def dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def build(node, out: Path, cfg) -> dict:

@@ -48,6 +48,8 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
               ("torch", "transformers", "autoawq", "onnx", "onnx-ir", "onnxruntime", "onnxruntime-genai")),
     StageSpec("adapter", (), ("finetune", "export"), ("onnx", "onnxruntime", "safetensors", "numpy")),
     StageSpec("generate", ("generate", "data"), ("export", "adapter"), ("onnxruntime-genai",)),
+    StageSpec("evaluate", ("evaluate", "train"), ("base", "dataset", "quantize", "finetune", "export", "adapter"),
+              ("torch", "transformers", "autoawq", "peft", "onnxruntime-genai")),
     StageSpec("register", ("register",), ("export", "adapter", "generate"), ("mlflow", "azure-ai-ml")),
 ]}
 FINAL_STAGE = "register"
@@ -154,6 +156,13 @@ def digest(obj) -> str:
 
 def script_path(stage: str) -> Path:
     return SCRIPTS_DIR / f"{stage}.py"
+
+
+def stage_command(node: "Node", python: str = "python") -> str:
+    """The command that builds `node`: Snakemake's rules and dvc.yaml both run exactly this."""
+    import shlex
+
+    return " ".join([shlex.quote(python), f"scripts/{node.stage}.py", *map(shlex.quote, node.overrides)])
 
 
 def plan_point(cfg: DictConfig, overrides: tuple[str, ...] = (), into: Plan | None = None) -> dict[str, Node]:

@@ -20,6 +20,10 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
 def file_hashes(folder: Path) -> dict[str, str]:
     """sha256 of every file under `folder` but the manifest itself, by relative path."""
     folder = Path(folder)

@@ -17,6 +17,7 @@ from modelmake.awq_fixes import SafeAwqQuantizer
 from modelmake.base_model import model_location
 from modelmake.dataset import read_split
 from modelmake.errors import ModelmakeError
+from modelmake.provenance import dir_size
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,18 @@ def quantize(model_path: str, out: Path, q, texts: list[str], trust_remote_code:
     tok.save_pretrained(out)
 
 
-def dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+@torch.no_grad()
+def rtn_quantize_(model, w_bit: int, group_size: int, zero_point: bool) -> None:
+    """Round-to-nearest int4 of every decoder linear, in place (weights stay dense, dequantized):
+    the baseline AWQ is measured against, with AutoAWQ's own group quantizer and no scaling."""
+    from modelmake.awq_fixes import AwqQuantizer
+
+    q = object.__new__(AwqQuantizer)  # only its quantize-a-tensor math, no calibration state
+    q.w_bit, q.group_size, q.zero_point = w_bit, group_size, zero_point
+    for layer in model.model.layers:
+        for module in layer.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.data = q.pseudo_quantize_tensor(module.weight.data)[0]
 
 
 def build(node, out: Path, cfg) -> dict:

@@ -1,0 +1,13 @@
+# Held-out perplexities (fp32, RTN, AWQ, AWQ+LoRA, ONNX), parity, accuracy, speed and sizes.
+rule evaluate:
+    input:
+        unpack(upstream("evaluate")),
+    output:
+        manifest=f"{ART}/evaluate/{{key}}/manifest.json",
+    log:
+        "logs/evaluate/{key}.log",
+    params:
+        cmd=command("evaluate"),
+    threads: 1
+    shell:
+        stage_cmd("evaluate")

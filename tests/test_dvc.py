@@ -1,0 +1,84 @@
+"""DVC and Snakemake: one DAG. dvc.yaml is generated from the plan (and checked current), runs
+the same commands at the same paths; after `git clone` + `dvc pull` neither tool rebuilds."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, copy_project, nodes, run, snakemake
+from modelmake import dvcgen
+
+DVC = str(Path(sys.executable).parent / "dvc")
+
+
+def sh(cwd, *args, env=None):
+    r = run(cwd, *args, env=env)
+    assert r.returncode == 0, f"{' '.join(args)}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    return r.stdout + r.stderr
+
+
+def git(cwd, *args):
+    return sh(cwd, "git", "-c", "user.name=t", "-c", "user.email=t@t", *args)
+
+
+def test_checked_in_dvc_yaml_is_current():
+    assert dvcgen.is_current(), "dvc.yaml is stale: run `modelmake dvc` (and rebuild + `dvc commit` for dvc.lock)"
+
+
+def test_checked_in_dvc_lock_covers_exactly_the_stages_of_dvc_yaml():
+    lock = REPO / "dvc.lock"
+    if not lock.exists():
+        pytest.skip("no dvc.lock checked in")
+    stages = set(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+    assert set(yaml.safe_load(lock.read_text())["stages"]) == stages
+
+
+def test_dvc_runs_the_commands_snakemake_runs(tmp_path):
+    copy = copy_project(tmp_path / "p")
+    printed = snakemake(copy, "-n", "-p")
+    assert printed.returncode == 0, printed.stderr
+    out = printed.stdout + printed.stderr
+    for name, stage in dvcgen.generate()["stages"].items():
+        script_and_args = stage["cmd"].split(" ", 1)[1]  # python <script args>: same script, same args
+        assert re.search(rf"MODELMAKE_EXPECT={re.escape(stage['outs'][0])} \S+ {re.escape(script_and_args)} ", out), name
+
+
+def test_clone_and_pull_rebuilds_nothing_and_repro_rebuilds_only_the_stale(project, tmp_path):
+    # A release repository: the built project under git + DVC, pushed to a local directory remote.
+    repo = copy_project(tmp_path / "release", built=project)
+    remote = tmp_path / "remote"
+    git(repo, "init", "-q")
+    sh(repo, DVC, "init", "-q")
+    sh(repo, DVC, "remote", "add", "-d", "store", str(remote))
+    sh(repo, sys.executable, "-m", "modelmake.cli", "dvc")
+    sh(repo, DVC, "commit", "-f", "-q")  # adopt what Snakemake built, without running anything
+    assert "up to date" in sh(repo, DVC, "status")
+    sh(repo, DVC, "push", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "release")
+
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    sh(clone, DVC, "pull", "-q")
+    assert "Nothing to be done" in sh(clone, str(Path(sys.executable).parent / "snakemake"), "-n")
+    assert "up to date" in sh(clone, DVC, "status")
+    assert "eval_loss" in sh(clone, DVC, "metrics", "show")
+
+    # A config change to the release: regenerate, then dvc repro runs exactly the stale stages.
+    (clone / "conf" / "releases.yaml").write_text("default: [train.steps=20]\n")
+    sh(clone, sys.executable, "-m", "modelmake.cli", "dvc")
+    status = sh(clone, DVC, "status")
+    ran = re.findall(r"Running stage '(\w+)-[0-9a-f]{12}'", sh(clone, DVC, "repro"))
+    assert sorted(ran) == ["adapter", "finetune", "generate", "register"], status
+    assert "Nothing to be done" in sh(clone, str(Path(sys.executable).parent / "snakemake"), "-n",
+                                      "--config", 'overrides=["train.steps=20"]')
+    assert "up to date" in sh(clone, DVC, "status")
+    git(clone, "add", "-A")
+    git(clone, "commit", "-qm", "fewer steps")
+    diff = sh(clone, DVC, "metrics", "diff", "HEAD~1")
+    assert "eval_loss" in diff

@@ -1,0 +1,170 @@
+"""The registered asset: a real local MLflow registry, Azure ML through its own entities and a fake
+of `MLClient.models` only, idempotency, clashes, refusals, and lineage back to the data."""
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from types import SimpleNamespace
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import build, copy_project, nodes, run, snakemake
+from modelmake.workflow import config_args
+from modelmake.errors import ModelmakeError
+from modelmake.plan import compose
+from modelmake.provenance import verify
+from modelmake.registry import DIGEST_TAG, RECEIPT, AzureMLRegistry, azure_model
+from modelmake.registry import build as register_build
+
+
+def receipt(node):
+    return json.loads((node.path / RECEIPT).read_text())
+
+
+def mlflow_client(project):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{project}/registry/mlflow.db"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_default_target_ends_registered_with_lineage_tags(project):
+    point = nodes(project)
+    r = receipt(point["register"])
+    assert (r["registry"], r["name"], r["version"]) == ("mlflow", "ft-for-travel", "1")
+    mv = mlflow_client(project).get_model_version("ft-for-travel", "1")
+    assert mv.tags["modelmake.key.quantize"] == point["quantize"].key
+    assert mv.tags["modelmake.key.finetune"] == point["finetune"].key
+    data_sha = hashlib.sha256((project / "data" / "travel_sample.jsonl").read_bytes()).hexdigest()
+    assert mv.tags["modelmake.data.travel_sample.jsonl"] == data_sha
+    assert mv.tags[DIGEST_TAG] == r["content_sha256"]
+    staged = point["register"].path / "asset"
+    assert (staged / "model" / "model.onnx").exists() and (staged / "adapters" / "travel.onnx_adapter").exists()
+
+
+def test_registering_again_adds_nothing_and_new_content_is_the_next_version(project):
+    first = receipt(nodes(project)["register"])
+    r = run(project, sys.executable, "scripts/register.py", env={"MODELMAKE_FORCE": "1"})
+    assert r.returncode == 0, r.stderr
+    again = receipt(nodes(project)["register"])
+    assert again["version"] == first["version"] == "1" and again["created"] is False
+    build(project, "train.steps=30")
+    other = receipt(nodes(project, "train.steps=30")["register"])
+    assert other["version"] == "2" and other["created"]
+    versions = {v.version for v in mlflow_client(project).search_model_versions("name='ft-for-travel'")}
+    assert {"1", "2"} <= versions
+
+
+def test_name_clash_with_other_content_is_reported_not_overwritten(project):
+    ov = ["train.steps=40", "register.version=1"]
+    r = snakemake(project, "--cores", "2", *config_args(ov))
+    assert r.returncode != 0
+    node = nodes(project, *ov)["register"]
+    log = (project / "logs" / "register" / f"{node.key}.log").read_text()
+    assert "'ft-for-travel' version 1 exists with other content; not overwritten" in log
+    assert not node.path.exists()
+    assert mlflow_client(project).get_model_version("ft-for-travel", "1").tags[DIGEST_TAG] == \
+        receipt(nodes(project)["register"])["content_sha256"]
+
+
+def test_unreachable_registry_is_a_clear_error_and_writes_no_receipt(project):
+    ov = "register.local.tracking_uri=http://127.0.0.1:9"
+    r = run(project, sys.executable, "scripts/register.py", ov)
+    assert r.returncode == 2 and "registry http://127.0.0.1:9" in r.stderr, r.stderr
+    assert not nodes(project, ov)["register"].path.exists()
+
+
+def test_artifact_that_does_not_match_its_manifest_is_refused(project, tmp_path):
+    copy = copy_project(tmp_path / "p", built=project)
+    point = nodes(copy)
+    shutil.rmtree(point["register"].path)
+    with (point["export"].path / "model" / "genai_config.json").open("a") as f:
+        f.write(" ")
+    r = run(copy, sys.executable, "scripts/register.py")
+    assert r.returncode == 2
+    assert "does not match its manifest" in r.stderr and "genai_config.json: content changed" in r.stderr
+    assert not point["register"].path.exists()
+    (point["adapter"].path / "manifest.json").unlink()
+    with pytest.raises(ModelmakeError, match="no manifest.json"):
+        verify(point["adapter"].path)
+
+
+# --- Azure ML, without network ---------------------------------------------------------------
+class FakeModels:
+    """Stands in for `MLClient.models` only: list and create_or_update, storing azure-ai-ml entities."""
+
+    def __init__(self):
+        self.store = []
+
+    def list(self, name):
+        from azure.core.exceptions import ResourceNotFoundError
+
+        found = [m for m in self.store if m.name == name]
+        if not found:
+            raise ResourceNotFoundError("model not found")
+        return found
+
+    def create_or_update(self, model):
+        assert model.type == "custom_model" and os.path.isdir(model.path)
+        self.store.append(model)
+        return model
+
+
+def azure_cfg(**kw):
+    base = OmegaConf.to_container(compose(("register=azureml",)), resolve=True)
+    cfg = OmegaConf.create(base)
+    for k, v in kw.items():
+        OmegaConf.update(cfg, k, v)
+    return cfg
+
+
+def test_azureml_registers_idempotently_through_a_fake_models_client(project, tmp_path):
+    point = nodes(project)
+    fake = SimpleNamespace(models=FakeModels())
+    node = SimpleNamespace(**{**point["register"].__dict__})
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"r{i}"
+        out.mkdir()
+        metrics = register_build(node, out, azure_cfg(), azure_client=fake)
+        outs.append(metrics)
+    assert outs[0]["version"] == "1" and outs[0]["created"]
+    assert outs[1]["version"] == "1" and not outs[1]["created"]
+    assert len(fake.models.store) == 1
+    model = fake.models.store[0]
+    assert model.tags[DIGEST_TAG] and model.tags["modelmake.key.finetune"] == point["finetune"].key
+    text = (tmp_path / "r0" / "model.yml").read_text() + (tmp_path / "r0" / RECEIPT).read_text()
+    assert "credential" not in text.lower() and "secret" not in text.lower()
+
+
+def test_azureml_model_yml_round_trips_through_azure_ai_mls_loader(project, tmp_path):
+    from azure.ai.ml import load_model
+
+    (tmp_path / "asset").mkdir()
+    (tmp_path / "asset" / "model.onnx").write_bytes(b"x")
+    m = azure_model("ft-for-travel", "3", "desc", {"a": "b"}, "./asset")
+    m.dump(tmp_path / "model.yml")
+    back = load_model(tmp_path / "model.yml")
+    assert (back.name, back.version, back.type, back.tags) == ("ft-for-travel", "3", "custom_model", {"a": "b"})
+    assert os.path.samefile(back.path, tmp_path / "asset")
+
+
+def test_azureml_without_a_workspace_is_refused(monkeypatch):
+    for env in AzureMLRegistry.ENV.values():
+        monkeypatch.delenv(env, raising=False)
+    with pytest.raises(ModelmakeError, match="workspace not configured"):
+        AzureMLRegistry(OmegaConf.create({"subscription_id": None, "resource_group": None, "workspace_name": None}))
+
+
+# --- lineage ----------------------------------------------------------------------------------
+def test_explain_prints_the_lineage_back_to_the_data_hash(project):
+    point = nodes(project)
+    r = run(project, sys.executable, "-m", "modelmake.cli", "explain", str(point["register"].path), "--verify")
+    assert r.returncode == 0, r.stderr
+    data_sha = hashlib.sha256((project / "data" / "travel_sample.jsonl").read_bytes()).hexdigest()
+    assert f"data data/travel_sample.jsonl sha256:{data_sha}" in r.stdout
+    for stage in ("register", "generate", "adapter", "export", "finetune", "quantize", "dataset", "base"):
+        assert f"{stage} {point[stage].key}" in r.stdout
