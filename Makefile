@@ -26,9 +26,10 @@ run: install
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-## cold / no-op / incremental timings of the build graph
+## cold / no-op / incremental timings of the build graph; sweep sharing and decode speed
 bench: install
 	$(PY) bench/pipeline.py
+	$(PY) bench/sweep.py
 
 clean:
 	rm -rf artifacts logs .snakemake

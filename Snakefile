@@ -16,14 +16,16 @@ include: "rules/adapter.smk"
 include: "rules/generate.smk"
 include: "rules/evaluate.smk"
 include: "rules/register.smk"
+include: "rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
         PLAN.targets("register"),
-        PLAN.targets("evaluate"),
+        PLAN.targets("report"),
 
 
 onsuccess:
     show_generations(PLAN)
+    print(f"report: {PLAN.report.path / 'report.md'}", file=sys.stderr)

@@ -70,3 +70,13 @@ def project(tmp_path_factory) -> Path:
     dst = copy_project(tmp_path_factory.mktemp("built") / "modelmake")
     build(dst)
     return dst
+
+
+SECOND = ("lora.r=4", "train.seed=1", "train.lr=2e-3")
+
+
+@pytest.fixture(scope="session")
+def second(project) -> dict:
+    """A second adapter (another rank, seed and learning rate) on the same quantize and export."""
+    build(project, *SECOND)
+    return nodes(project, *SECOND)

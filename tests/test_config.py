@@ -77,7 +77,7 @@ def test_an_override_that_changes_nothing_keeps_every_key():
 
 def test_lora_only_change_keeps_quantize_and_export_keys():
     a, b = build_plan().finals[0], build_plan({"train.lr": 3e-4}).finals[0]
-    assert [s for s in a if a[s].key != b[s].key] == ["finetune", "adapter", "generate"]
+    assert [s for s in a if a[s].key != b[s].key] == ["finetune", "adapter", "generate", "evaluate", "register"]
 
 
 def test_key_covers_the_code_a_stage_imports():
@@ -87,3 +87,21 @@ def test_key_covers_the_code_a_stage_imports():
     assert "src/modelmake/onnx_lora.py" not in files  # not imported by finetune
     libs = build_plan().finals[0]["finetune"].code["libraries"]
     assert set(libs) >= {"torch", "peft", "autoawq", "transformers"}
+
+
+@pytest.mark.parametrize("preset", options("sweep"))
+def test_every_sweep_preset_expands_to_several_points(preset):
+    plan = build_plan(overrides=[f"sweep={preset}"])
+    assert len(plan.finals) > 1 and len(plan.keys("quantize")) == 1
+
+
+def test_unknown_sweep_preset_is_refused():
+    with pytest.raises(ModelmakeError, match="no sweep preset"):
+        build_plan(overrides=["sweep=nope"])
+
+
+def test_report_is_one_node_over_every_point():
+    plan = build_plan(overrides=["lora.r=4,8"])
+    assert len(plan.report.inputs) == 6  # evaluate, finetune, generate of each point
+    assert plan.report.key != build_plan(overrides=["lora.r=4,16"]).report.key
+    assert plan.report.key == build_plan(overrides=["lora.r=4,8", "threads=1"]).report.key

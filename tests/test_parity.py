@@ -79,12 +79,6 @@ def fp32(project):
     return nodes(project, "experiment=parity_fp32")
 
 
-@pytest.fixture(scope="module")
-def second(project):
-    build(project, "lora.r=4", "train.seed=1", "train.lr=2e-3")
-    return nodes(project, "lora.r=4", "train.seed=1", "train.lr=2e-3")
-
-
 def test_fp32_export_matches_torch_peft_logits(fp32):
     model, tok = torch_model(fp32)
     graph = og.Model(str(fp32["export"].path / "model"))

@@ -9,7 +9,13 @@ import pytest
 
 from conftest import SHARED_DATA, build, copy_project, nodes, parse_jobs, planned_jobs, run, snakemake
 
-DOWNSTREAM_OF_LORA = {"finetune": 1, "adapter": 1, "generate": 1}
+def once(*stages):
+    return {s: 1 for s in stages}
+
+
+# what follows every per-point change: the point's evaluate and registration, and the report
+TAIL = ("evaluate", "register", "report")
+DOWNSTREAM_OF_LORA = once("finetune", "adapter", "generate", *TAIL)
 
 
 def test_cold_build_produced_every_artifact_with_its_manifest(project):
@@ -37,16 +43,17 @@ def test_lora_only_change_reruns_finetune_adapter_generate_only(project, change)
 
 
 def test_generate_only_change_reruns_generate_only(project):
-    assert planned_jobs(project, "generate.max_new_tokens=8") == {"generate": 1}
+    assert planned_jobs(project, "generate.max_new_tokens=8") == once("generate", "register", "report")
 
 
 def test_sweep_shares_one_quantize_and_one_export(project):
-    assert planned_jobs(project, "lora.r=2,4,16") == {"finetune": 3, "adapter": 3, "generate": 3}
+    assert planned_jobs(project, "lora.r=2,4,16") == {"finetune": 3, "adapter": 3, "generate": 3, "evaluate": 3,
+                                                      "register": 3, "report": 1}
 
 
 def test_quantize_change_keeps_base_and_dataset(project):
     jobs = planned_jobs(project, "quantize.apply_clip=false")
-    assert jobs == {"quantize": 1, "finetune": 1, "export": 1, "adapter": 1, "generate": 1}
+    assert jobs == once("quantize", "finetune", "export", "adapter", "generate", *TAIL)
 
 
 def test_changed_data_file_reruns_what_reads_it(project, tmp_path):
@@ -56,14 +63,15 @@ def test_changed_data_file_reruns_what_reads_it(project, tmp_path):
     with data.open("a") as f:
         f.write(json.dumps({"prompt": "Is Oslo expensive?", "response": "Yes, plan a budget."}) + "\n")
     jobs = planned_jobs(project, f"data.path={data}")
-    assert jobs == {"dataset": 1, "quantize": 1, "finetune": 1, "export": 1, "adapter": 1, "generate": 1}
+    assert jobs == once("dataset", "quantize", "finetune", "export", "adapter", "generate", *TAIL)
 
 
 @pytest.mark.parametrize("module,expected", [
     ("finetune.py", DOWNSTREAM_OF_LORA),
-    ("onnx_lora.py", {"export": 1, "adapter": 1, "generate": 1}),
-    ("generate.py", {"generate": 1}),
-    ("awq_fixes.py", {"quantize": 1, "finetune": 1, "export": 1, "adapter": 1, "generate": 1}),
+    ("onnx_lora.py", once("export", "adapter", "generate", *TAIL)),
+    ("generate.py", once("generate", "register", "report")),
+    ("report.py", once("report")),
+    ("awq_fixes.py", once("quantize", "finetune", "export", "adapter", "generate", *TAIL)),
 ])
 def test_editing_a_module_reruns_the_stages_that_import_it(project, tmp_path, module, expected):
     edited = copy_project(tmp_path / "p", built=project)

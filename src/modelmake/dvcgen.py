@@ -25,7 +25,7 @@ HEADER = """\
 #   dvc repro            # build what is stale        dvc pull   # fetch instead of building
 #   dvc metrics show     # per-stage metrics          dvc plots show
 """
-METRIC_STAGES = ("base", "dataset", "quantize", "finetune", "export", "adapter", "generate")
+METRIC_STAGES = ("base", "dataset", "quantize", "finetune", "export", "adapter", "generate", "evaluate")
 
 
 def releases() -> dict[str, list[str]]:
@@ -56,7 +56,7 @@ def generate() -> dict:
             plan = build_plan(overrides=overrides)
         except ModelmakeError as e:
             raise ModelmakeError(f"{RELEASES}: release '{name}': {e}") from None
-        for point in plan.finals:
+        for point in plan.finals + [{"report": plan.report}]:
             for node in point.values():
                 stages.setdefault(f"{node.stage}-{node.key}", stage_entry(node))
                 if node.stage in METRIC_STAGES:

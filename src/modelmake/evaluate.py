@@ -48,11 +48,31 @@ def nll(logits: np.ndarray, ids: list[int]) -> tuple[float, int]:
 
 
 def perplexity(logit_fn, seqs: list[list[int]]) -> float:
+    return perplexity_of([logit_fn(ids) for ids in seqs], seqs)
+
+
+def perplexity_of(logits: list[np.ndarray], seqs: list[list[int]]) -> float:
     total, count = 0.0, 0
-    for ids in seqs:
-        s, n = nll(logit_fn(ids), ids)
+    for lg, ids in zip(logits, seqs):
+        s, n = nll(lg, ids)
         total, count = total + s, count + n
     return math.exp(total / count)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def mean_kl(ref: list[np.ndarray], other: list[np.ndarray]) -> float:
+    """Mean per-token KL(ref || other): how far a quantized model's predictions moved from fp32.
+    On a tiny, overfit model held-out perplexity is too noisy to rank quantizers; this is not."""
+    total, count = 0.0, 0
+    for a, b in zip(ref, other):
+        p, q = log_softmax(a.astype(np.float64)), log_softmax(b.astype(np.float64))
+        total += float((np.exp(p) * (p - q)).sum())
+        count += len(a)
+    return total / count
 
 
 class OrtStepper:
@@ -145,13 +165,16 @@ def build(node, out: Path, cfg) -> dict:
     base_src = model_location(n["base"].path)
     fp32 = AutoModelForCausalLM.from_pretrained(base_src, dtype=torch.float32).eval()
     metrics = {"eval_records": len(records), "eval_tokens": sum(len(s) - 1 for s in seqs)}
-    metrics["ppl_fp32"] = perplexity(lambda ids: torch_logits(fp32, ids), seqs)
+    ref = [torch_logits(fp32, ids) for ids in seqs]
+    metrics["ppl_fp32"] = perplexity_of(ref, seqs)
     rtn_quantize_(fp32, cfg.quantize.w_bit, cfg.quantize.group_size, cfg.quantize.zero_point)
-    metrics["ppl_rtn_int4"] = perplexity(lambda ids: torch_logits(fp32, ids), seqs)
-    del fp32
+    rtn = [torch_logits(fp32, ids) for ids in seqs]
+    metrics["ppl_rtn_int4"], metrics["kl_rtn_int4"] = perplexity_of(rtn, seqs), mean_kl(ref, rtn)
+    del fp32, rtn
 
     awq = load_awq_model(qdir, dtype=torch.float32)
-    metrics["ppl_awq_int4"] = perplexity(lambda ids: torch_logits(awq, ids), seqs)
+    awq_logits = [torch_logits(awq, ids) for ids in seqs]
+    metrics["ppl_awq_int4"], metrics["kl_awq_int4"] = perplexity_of(awq_logits, seqs), mean_kl(ref, awq_logits)
     labels = label_set(read_split(n["dataset"].path, "train") + records, e.max_labels) if e.task != "lm" else None
     if labels:
         metrics["accuracy_before"] = label_accuracy(awq, tok, records, labels)

@@ -34,7 +34,6 @@ class StageSpec:
     config: tuple[str, ...]          # config groups whose resolved values go into the key
     inputs: tuple[str, ...]          # upstream stages
     libraries: tuple[str, ...]       # distributions whose versions go into the key
-    manifest: str = "manifest.json"  # the file target, written last
 
 
 STAGES: dict[str, StageSpec] = {s.name: s for s in [
@@ -53,6 +52,9 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("register", ("register",), ("export", "adapter", "generate"), ("mlflow", "azure-ai-ml")),
 ]}
 FINAL_STAGE = "register"
+# The report is not per point: it reads every point of a run or sweep (see report_node).
+REPORT_STAGE = "report"
+REPORT_INPUTS = ("evaluate", "finetune", "generate")
 # Fields naming data files: keyed by the files' content (see stage_data), not by where they lie.
 PATH_FIELDS = {"data": ("path",), "model": ("corpus",)}
 
@@ -70,7 +72,7 @@ class Node:
 
     @property
     def manifest(self) -> Path:
-        return self.path / STAGES[self.stage].manifest
+        return self.path / "manifest.json"  # the file target, written last
 
     def provenance(self) -> dict:
         return {
@@ -90,6 +92,7 @@ class Plan:
     points: list[tuple[str, ...]]                       # the override list of each sweep point
     finals: list[dict[str, Node]] = field(default_factory=list)  # per point: stage -> node
     nodes: dict[tuple[str, str], Node] = field(default_factory=dict)
+    report: Node | None = None                          # one report over every point
 
     def node(self, stage: str, key: str) -> Node:
         try:
@@ -98,6 +101,8 @@ class Plan:
             raise ModelmakeError(f"no {stage} artifact with key {key} in this configuration") from None
 
     def targets(self, stage: str = FINAL_STAGE) -> list[str]:
+        if stage == REPORT_STAGE:
+            return [str(self.report.manifest)]
         return sorted({str(p[stage].manifest) for p in self.finals})
 
     def keys(self, stage: str) -> list[str]:
@@ -300,13 +305,41 @@ def expand_sweep(overrides: list[str]) -> list[tuple[str, ...]]:
     return [tuple(p) for p in itertools.product(*axes)] or [()]
 
 
+def report_node(plan: Plan, overrides: tuple[str, ...]) -> Node:
+    """The report over every point: keyed by their evaluate/finetune/generate keys and its config."""
+    cfg = compose(plan.points[0])
+    config = {"report": OmegaConf.to_container(cfg.report, resolve=True)}
+    inputs = {f"{stage}.{i}": point[stage] for i, point in enumerate(plan.finals) for stage in REPORT_INPUTS}
+    code = code_version(script_path(REPORT_STAGE), ("matplotlib",))
+    key = digest({"stage": REPORT_STAGE, "config": config, "inputs": sorted(n.key for n in inputs.values()),
+                  "points": len(plan.finals), "code": code["sha256"]})
+    node = Node(REPORT_STAGE, key, Path(cfg.artifacts) / REPORT_STAGE / key, config, inputs, {}, code, overrides)
+    return plan.nodes.setdefault((REPORT_STAGE, key), node)
+
+
+def expand_presets(overrides: list[str]) -> list[str]:
+    """`sweep=NAME` -> the overrides listed in conf/sweep/NAME.yaml (a named sweep)."""
+    out = []
+    for o in overrides:
+        if o.startswith("sweep="):
+            path = CONF_DIR / "sweep" / f"{o.split('=', 1)[1]}.yaml"
+            if not path.is_file():
+                known = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
+                raise ModelmakeError(f"{o}: no sweep preset {path.name} (known: {known})")
+            out.extend(str(x) for x in OmegaConf.load(path).overrides)
+        else:
+            out.append(o)
+    return out
+
+
 def build_plan(config: dict | None = None, overrides: list[str] | None = None) -> Plan:
     """The plan for Snakemake's config dict (or raw Hydra overrides), sweeps expanded."""
-    ov = list(overrides or []) + overrides_from_config(config or {})
+    ov = expand_presets(list(overrides or []) + overrides_from_config(config or {}))
     points = expand_sweep(ov)
     plan = Plan(points=points)
     for point in points:
         plan.finals.append(plan_point(compose(point), point, into=plan))
+    plan.report = report_node(plan, tuple(ov))
     return plan
 
 

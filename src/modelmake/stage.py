@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from modelmake.atomic import atomic_dir, write_json
 from modelmake.provenance import MANIFEST, file_hashes
@@ -32,7 +32,12 @@ def _now() -> str:
 
 def run_stage(stage: str, cfg: DictConfig, build: Build) -> Node:
     """Build `stage` for `cfg` unless its artifact exists; return its node."""
-    node = plan_for_cfg(cfg)[stage]
+    return run_node(plan_for_cfg(cfg)[stage], cfg, build)
+
+
+def run_node(node: Node, cfg, build: Build) -> Node:
+    """Build `node` (checking its inputs, atomically, manifest last) unless it exists."""
+    stage = node.stage
     expected = os.environ.get("MODELMAKE_EXPECT")  # set by the Snakefile: both sides must agree
     if expected and Path(expected) != node.path:
         raise ModelmakeError(
@@ -70,13 +75,13 @@ def run_stage(stage: str, cfg: DictConfig, build: Build) -> Node:
 
 def entry(stage: str, build: Build, cfg: DictConfig) -> None:
     """What a @hydra.main entry point calls: one clear line and exit 2 on a refusal."""
+    guarded(lambda: run_stage(stage, cfg, build))
+
+
+def guarded(fn) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        run_stage(stage, cfg, build)
+        fn()
     except ModelmakeError as e:
         print(f"modelmake: error: {e}", file=sys.stderr)
         sys.exit(2)
-
-
-def resolved(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)

@@ -1,0 +1,86 @@
+"""Sweep benchmark: what sharing saves, and how fast the int4 ONNX model decodes.
+
+    python bench/sweep.py [--ranks 4,8,16] [--cores 2]
+
+From one run, in fresh copies of the project (nothing cached):
+- one point built cold (the default target), time T1;
+- the sweep `lora.r=<ranks>` built through the graph in another fresh copy, time TS: one base,
+  dataset, quantize and export shared by all points, one finetune/adapter/evaluate per point;
+- the ratio TS / (N x T1): the sweep's time over building its N points without sharing (each
+  point alone costs T1, measured here);
+- onnxruntime-genai int4 (+LoRA) decode tokens/s over transformers fp32 (+LoRA) on the same
+  weights, one thread, each engine in its own process, median of repeats (the evaluate stage's
+  figures). Target (issue 4): >= 15x on the tiny model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import copy_project, snakemake  # noqa: E402  (the tests' fresh-copy helpers)
+
+from modelmake.plan import build_plan  # noqa: E402
+from modelmake.workflow import config_args  # noqa: E402
+
+
+def build(project: Path, cores: str, overrides: list[str]) -> float:
+    t0 = time.perf_counter()
+    r = snakemake(project, "--cores", cores, *config_args(overrides))
+    if r.returncode != 0:
+        sys.exit(f"build {overrides} failed:\n{r.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ranks", default="4,8,16")
+    ap.add_argument("--cores", default="2")
+    args = ap.parse_args()
+    sweep = [f"lora.r={args.ranks}"]
+    n = len(args.ranks.split(","))
+    work = Path(tempfile.mkdtemp(prefix="modelmake-bench-"))
+    try:
+        one = copy_project(work / "one")
+        t1 = build(one, args.cores, [])
+        ev = json.loads((one / build_plan().finals[0]["evaluate"].path / "metrics.json").read_text())
+        many = copy_project(work / "many")
+        ts = build(many, args.cores, sweep)
+        plan = build_plan(overrides=sweep)
+        built = {s: len(list((many / "artifacts" / s).iterdir())) for s in ("quantize", "export", "finetune", "adapter")}
+        report = many / plan.report.path / "report.md"
+        report_text = report.read_text()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    speedup = ev["ort_int4_tokens_per_s"] / ev["hf_fp32_tokens_per_s"]
+    rows = [
+        ("one point, cold (s)", f"{t1:.1f}", "T1", ""),
+        (f"sweep of {n}, shared (s)", f"{ts:.1f}", f"{ts / (n * t1):.2f}x of {n} x T1 = {n * t1:.1f} s", "< 1"),
+        ("artifacts built by the sweep", " ".join(f"{k}={v}" for k, v in built.items()), "",
+         "quantize=1 export=1"),
+        ("ORT int4+LoRA decode tok/s", f"{ev['ort_int4_tokens_per_s']:.0f}", "", ""),
+        ("HF fp32+LoRA decode tok/s", f"{ev['hf_fp32_tokens_per_s']:.0f}", "", ""),
+        ("ORT / HF decode speed", f"{speedup:.1f}x", "one thread, own process, median", ">= 15x"),
+        ("time to first token ORT / HF (ms)", f"{1000 * ev['ort_int4_ttft_s']:.1f} / {1000 * ev['hf_fp32_ttft_s']:.1f}", "", ""),
+    ]
+    w = [max(len(r[i]) for r in rows) for i in range(4)]
+    print(f"\nmodelmake sweep benchmark, {args.cores} cores, Python {sys.version.split()[0]}")
+    for name, value, ratio, target in rows:
+        print(f"{name:<{w[0]}}  {value:<{w[1]}}  {ratio:<{w[2]}}  {target}")
+    out = REPO / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps({"one_point_s": t1, "sweep_s": ts, "points": n, "built": built,
+                                                "ort_over_hf": speedup, "evaluate": ev}, indent=2))
+    (out / "sweep_report.md").write_text(report_text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,14 @@
+# The report over every point of this run or sweep: tables, plots, best point, generations.
+rule report:
+    input:
+        unpack(lambda w: {name: ancient(str(n.manifest)) for name, n in PLAN.report.inputs.items()}),
+    output:
+        manifest=f"{ART}/report/{{key}}/manifest.json",
+        html=report(f"{ART}/report/{{key}}/report.html", category="modelmake"),
+    log:
+        "logs/report/{key}.log",
+    params:
+        cmd=lambda w: stage_command(PLAN.report, PY),
+    threads: 1
+    shell:
+        stage_cmd("report")
