@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from modelmake.workflow import config_args, parse_jobs, snakemake_exe
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MODELMAKE_SHARED_DATA", REPO.parent / "shared" / "data"))
-IGNORE = shutil.ignore_patterns(".git", ".venv", "artifacts", "logs", ".snakemake", "__pycache__",
+IGNORE = shutil.ignore_patterns(".git", ".venv", "artifacts", "logs", ".snakemake", "__pycache__", "registry",
                                 "*.egg-info", ".pytest_cache", "bench", "outputs", ".dvc")
 
 
@@ -31,7 +32,8 @@ def copy_project(dst: Path, built: Path | None = None) -> Path:
 
 def run(project: Path, *args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command in `project`, importing that copy's modelmake (its edits count)."""
-    env = os.environ | {"PYTHONPATH": str(project / "src")} | (env or {})
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # `python` = this venv's
+    env = os.environ | {"PYTHONPATH": str(project / "src"), "PATH": path} | (env or {})
     return subprocess.run(list(args), cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -105,3 +105,13 @@ def test_report_is_one_node_over_every_point():
     assert len(plan.report.inputs) == 6  # evaluate, finetune, generate of each point
     assert plan.report.key != build_plan(overrides=["lora.r=4,16"]).report.key
     assert plan.report.key == build_plan(overrides=["lora.r=4,8", "threads=1"]).report.key
+
+
+def test_a_command_names_only_the_overrides_its_artifact_depends_on():
+    from modelmake.plan import stage_command
+
+    point = build_plan(overrides=["train.steps=20", "generate.max_new_tokens=9", "threads=1"]).finals[0]
+    assert stage_command(point["base"]) == "python scripts/base.py"
+    assert stage_command(point["quantize"]) == "python scripts/quantize.py"
+    assert stage_command(point["finetune"]) == "python scripts/finetune.py train.steps=20"
+    assert stage_command(point["generate"]) == "python scripts/generate.py train.steps=20 generate.max_new_tokens=9"

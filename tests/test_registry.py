@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +17,7 @@ from modelmake.workflow import config_args
 from modelmake.errors import ModelmakeError
 from modelmake.plan import compose
 from modelmake.provenance import verify
-from modelmake.registry import DIGEST_TAG, RECEIPT, AzureMLRegistry, azure_model
+from modelmake.registry import DIGEST_TAG, RECEIPT, AzureMLRegistry, azure_model, write_model_yml
 from modelmake.registry import build as register_build
 
 
@@ -51,11 +52,14 @@ def test_registering_again_adds_nothing_and_new_content_is_the_next_version(proj
     assert r.returncode == 0, r.stderr
     again = receipt(nodes(project)["register"])
     assert again["version"] == first["version"] == "1" and again["created"] is False
+    def versions():
+        return {int(v.version) for v in mlflow_client(project).search_model_versions("name='ft-for-travel'")}
+
+    before = versions()  # other tests' points may have registered already
     build(project, "train.steps=30")
     other = receipt(nodes(project, "train.steps=30")["register"])
-    assert other["version"] == "2" and other["created"]
-    versions = {v.version for v in mlflow_client(project).search_model_versions("name='ft-for-travel'")}
-    assert {"1", "2"} <= versions
+    assert int(other["version"]) == max(before) + 1 and other["created"]
+    assert versions() == before | {max(before) + 1}
 
 
 def test_name_clash_with_other_content_is_reported_not_overwritten(project):
@@ -145,11 +149,12 @@ def test_azureml_model_yml_round_trips_through_azure_ai_mls_loader(project, tmp_
 
     (tmp_path / "asset").mkdir()
     (tmp_path / "asset" / "model.onnx").write_bytes(b"x")
-    m = azure_model("ft-for-travel", "3", "desc", {"a": "b"}, "./asset")
-    m.dump(tmp_path / "model.yml")
+    m = azure_model("ft-for-travel", "3", "desc", {"a": "b"}, tmp_path / "asset")
+    write_model_yml(m, tmp_path / "model.yml", "asset")
+    assert "path: asset" in (tmp_path / "model.yml").read_text()  # relocatable: moves with the artifact
     back = load_model(tmp_path / "model.yml")
     assert (back.name, back.version, back.type, back.tags) == ("ft-for-travel", "3", "custom_model", {"a": "b"})
-    assert os.path.samefile(back.path, tmp_path / "asset")
+    assert Path(back.path) == tmp_path / "asset"  # resolved against model.yml's folder
 
 
 def test_azureml_without_a_workspace_is_refused(monkeypatch):

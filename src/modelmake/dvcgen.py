@@ -25,7 +25,7 @@ HEADER = """\
 #   dvc repro            # build what is stale        dvc pull   # fetch instead of building
 #   dvc metrics show     # per-stage metrics          dvc plots show
 """
-METRIC_STAGES = ("base", "dataset", "quantize", "finetune", "export", "adapter", "generate", "evaluate")
+METRIC_STAGES = ("finetune", "evaluate")  # the ones people compare across commits
 
 
 def releases() -> dict[str, list[str]]:

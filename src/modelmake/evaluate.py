@@ -184,6 +184,8 @@ def build(node, out: Path, cfg) -> dict:
     if labels:
         metrics["accuracy_after"] = label_accuracy(lora, tok, records, labels)
         metrics["labels"] = len(labels)
+        gold = [r["completion"] for r in records]
+        metrics["accuracy_majority"] = max(gold.count(l) for l in labels) / len(gold)  # the floor to beat
 
     onnx_fn = OrtStepper(onnx_dir, adapter_file)
     metrics["ppl_onnx_lora"] = perplexity(onnx_fn, seqs)

@@ -163,11 +163,29 @@ def script_path(stage: str) -> Path:
     return SCRIPTS_DIR / f"{stage}.py"
 
 
+def relevant_overrides(node: "Node") -> tuple[str, ...]:
+    """The overrides of `node`'s point that its key depends on (each one dropped in turn, kept if
+    the key moves). So a command names only what matters to it and stays the same when another
+    point (a release, a sweep) reaches the same artifact. Dropping one wrongly cannot go unseen:
+    the script would key elsewhere and refuse (MODELMAKE_EXPECT)."""
+    kept = list(node.overrides)
+    for o in node.overrides:
+        trial = tuple(x for x in kept if x != o)
+        try:
+            same = plan_point(compose(trial))[node.stage].key == node.key
+        except ModelmakeError:
+            same = False
+        if same:
+            kept = list(trial)
+    return tuple(kept)
+
+
 def stage_command(node: "Node", python: str = "python") -> str:
     """The command that builds `node`: Snakemake's rules and dvc.yaml both run exactly this."""
     import shlex
 
-    return " ".join([shlex.quote(python), f"scripts/{node.stage}.py", *map(shlex.quote, node.overrides)])
+    overrides = node.overrides if node.stage == REPORT_STAGE else relevant_overrides(node)
+    return " ".join([shlex.quote(python), f"scripts/{node.stage}.py", *map(shlex.quote, overrides)])
 
 
 def plan_point(cfg: DictConfig, overrides: tuple[str, ...] = (), into: Plan | None = None) -> dict[str, Node]:

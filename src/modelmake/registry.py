@@ -131,6 +131,17 @@ class MlflowRegistry:
 
 
 # --- Azure ML -------------------------------------------------------------------------------
+def write_model_yml(model, yml_path: Path, relative_path: str) -> None:
+    """`model.yml` for `az ml model create -f`, naming the asset relative to itself (azure-ai-ml's
+    `dump` writes the path absolute, which would break in another clone after `dvc pull`)."""
+    import yaml
+
+    model.dump(yml_path)
+    data = yaml.safe_load(Path(yml_path).read_text())
+    data["path"] = relative_path
+    Path(yml_path).write_text(yaml.safe_dump(data, sort_keys=False))
+
+
 def azure_model(name, version, description, tags, path, properties=None):
     from azure.ai.ml.constants import AssetTypes
     from azure.ai.ml.entities import Model
@@ -179,10 +190,9 @@ class AzureMLRegistry:
             if version is None:
                 numeric = [int(v) for v in taken if v.isdigit()]
                 version = str(max(numeric, default=0) + 1)
-            tags = tags | {DIGEST_TAG: digest}
-            # model.yml names the asset relative to itself, for `az ml model create -f model.yml`
-            azure_model(name, str(version), description, tags, f"./{asset.name}").dump(yml_path)
-            created = models.create_or_update(azure_model(name, str(version), description, tags, asset))
+            model = azure_model(name, str(version), description, tags | {DIGEST_TAG: digest}, asset)
+            write_model_yml(model, yml_path, asset.name)
+            created = models.create_or_update(model)
         except AzureError as e:
             raise ModelmakeError(f"Azure ML workspace {self.workspace.get('workspace_name')}: {e}") from None
         return self._receipt(created, created=True)
