@@ -1,6 +1,5 @@
 """Every config composes, the schema refuses bad values, sweeps expand, keys are shared."""
 
-from pathlib import Path
 
 import pytest
 

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import SHARED_DATA, build, nodes
 from modelmake.adapter import ADAPTER_FILE
@@ -85,7 +84,7 @@ def test_sweep_builds_one_quantize_and_export_and_reports_every_point(project):
 
 @pytest.mark.skipif(not (SHARED_DATA / "dataset-classification.jsonl").exists(), reason="../shared/data not present")
 def test_classification_accuracy_before_and_after_fine_tuning(project):
-    ov = [f"experiment=tone_shared", f"data.path={SHARED_DATA / 'dataset-classification.jsonl'}",
+    ov = ["experiment=tone_shared", f"data.path={SHARED_DATA / 'dataset-classification.jsonl'}",
           "evaluate.speed.enabled=false"]
     build(project, *ov)
     m = metrics(nodes(project, *ov)["evaluate"])
