@@ -101,3 +101,10 @@ def test_on_the_outlier_model_awq_stays_closer_to_fp32_than_rtn(project):
     assert abs(m["ppl_awq_int4"] - m["ppl_fp32"]) < abs(m["ppl_rtn_int4"] - m["ppl_fp32"])
     normal = metrics(nodes(project)["evaluate"])
     assert normal["ppl_fp32"] == pytest.approx(m["ppl_fp32"], rel=1e-4)  # the outliers preserve the function
+
+
+def test_report_labels_and_tables_are_well_formed():
+    from modelmake.report import point_labels
+
+    assert point_labels([("threads=1",)]) == ["default"]
+    assert point_labels([("lora.r=4", "threads=1"), ("lora.r=8", "threads=1")]) == ["lora.r=4", "lora.r=8"]

@@ -48,6 +48,7 @@ def load_points(node) -> list[dict]:
 
 def point_labels(overrides: list[tuple[str, ...]]) -> list[str]:
     """Each point named by the overrides that differ between points ("default" for one run)."""
+    overrides = [tuple(o for o in ov if not o.startswith("threads=")) for ov in overrides]  # not a setting
     if len(overrides) == 1:
         return [" ".join(overrides[0]) or "default"]
     varying = [i for i in range(len(overrides[0])) if len({o[i] for o in overrides}) > 1]
@@ -75,7 +76,7 @@ def fmt(v, digits=4) -> str:
 
 def tables(points: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
     quality = (["point"] + [name for _, name in PPL_COLUMNS]
-               + ["KL(fp32‖RTN)", "KL(fp32‖AWQ)", "parity max |Δlogit|", "top-1 agree"],
+               + ["KL(fp32‖RTN)", "KL(fp32‖AWQ)", "parity max abs Δlogit", "top-1 agree"],
                [[p["label"]] + [fmt(p["metrics"].get(k)) for k, _ in PPL_COLUMNS]
                 + [fmt(p["metrics"].get("kl_rtn_int4"), 3), fmt(p["metrics"].get("kl_awq_int4"), 3),
                    fmt(p["metrics"].get("parity_max_abs_logit_diff"), 3),
