@@ -173,3 +173,26 @@ def test_explain_prints_the_lineage_back_to_the_data_hash(project):
     assert f"data data/travel_sample.jsonl sha256:{data_sha}" in r.stdout
     for stage in ("register", "generate", "adapter", "export", "finetune", "quantize", "dataset", "base"):
         assert f"{stage} {point[stage].key}" in r.stdout
+
+
+def test_concurrent_registrations_to_one_sqlite_registry_all_succeed(tmp_path):
+    """Parallel sweep jobs register at once: without the lock they race on the schema and die."""
+    import subprocess
+    import textwrap
+
+    script = textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        from modelmake.registry import MlflowRegistry
+        r = MlflowRegistry("sqlite:///reg/mlflow.db", "reg/artifacts", "modelmake")
+        print(r.register("ft-for-travel", None, "d", {"modelmake.t": "1"}, Path(sys.argv[1]), sys.argv[1])["version"])
+    """)
+    (tmp_path / "race.py").write_text(script)
+    for name in "abc":
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text(name)
+    procs = [subprocess.Popen([sys.executable, "race.py", n], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for n in "abc"]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
+    assert sorted(o[0].strip().splitlines()[-1] for o in outs) == ["1", "2", "3"]

@@ -69,8 +69,12 @@ class MlflowRegistry:
         self.tracking_uri = tracking_uri
         self.artifact_root = Path(artifact_root).resolve().as_uri()
         self.experiment = experiment
+        self.lock_path = None
         if tracking_uri.startswith("sqlite:///"):
-            Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            db = Path(tracking_uri[len("sqlite:///"):])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            # one registration at a time: parallel sweep jobs otherwise race on the schema and names
+            self.lock_path = db.with_name(db.name + ".lock")
         else:  # a server: fail fast rather than retry for minutes
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -81,12 +85,20 @@ class MlflowRegistry:
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     def register(self, name, version, description, tags, asset: Path, digest: str) -> dict:
+        from contextlib import nullcontext
+
+        from filelock import FileLock
         from mlflow.exceptions import MlflowException
 
         try:
-            return self._register(name, version, description, tags, asset, digest)
+            with FileLock(self.lock_path, timeout=600) if self.lock_path else nullcontext():
+                return self._register(name, version, description, tags, asset, digest)
+        except ModelmakeError:
+            raise
         except MlflowException as e:
             raise ModelmakeError(f"registry {self.tracking_uri}: {e.message.splitlines()[0]}") from None
+        except Exception as e:  # the store's own errors (sqlalchemy, OS): one clear line, no receipt
+            raise ModelmakeError(f"registry {self.tracking_uri}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
 
     def _register(self, name, version, description, tags, asset, digest) -> dict:
         from mlflow.exceptions import MlflowException
