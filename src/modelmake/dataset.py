@@ -61,13 +61,15 @@ def read_records(path: Path, fields: list[str]) -> list[dict]:
     return records
 
 
+def prompt_template(template: str, marker: str) -> str:
+    """The template up to and including the response marker: what the model sees as the prompt."""
+    return template[: template.index(marker) + len(marker)] if marker else ""
+
+
 def render(template: str, marker: str, rec: dict) -> dict:
-    text = template.format(**{k: v for k, v in rec.items() if not k.startswith("_")})
-    if marker:
-        cut = template.index(marker) + len(marker)
-        prompt = template[:cut].format(**{k: v for k, v in rec.items() if not k.startswith("_")})
-    else:
-        prompt = ""
+    fields = {k: v for k, v in rec.items() if not k.startswith("_")}
+    text = template.format(**fields)
+    prompt = prompt_template(template, marker).format(**fields)
     # completion: what the model is asked to produce (a label, for classification-style data)
     return {"text": text, "prompt": prompt, "completion": text[len(prompt):], "line": rec["_line"]}
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from modelmake.dataset import prompt_template, template_fields
 from modelmake.errors import ModelmakeError
 
 
@@ -19,15 +20,8 @@ def prompt_text(template: str, marker: str, prompt: str) -> str:
     """The prompt as the adapter saw it in training: the data template up to the response."""
     if not marker or marker not in template:
         raise ModelmakeError("data.response_marker must occur in data.template to build a prompt")
-    head = template[: template.index(marker) + len(marker)]
-    fields = {name: prompt for name in _fields(head)}
-    return head.format(**fields)
-
-
-def _fields(template: str) -> list[str]:
-    import string
-
-    return [n for _, n, _, _ in string.Formatter().parse(template) if n]
+    head = prompt_template(template, marker)
+    return head.format(**{name: prompt for name in template_fields(head)})
 
 
 def stream(model_dir: Path, text: str, adapter: Path | None = None, max_new_tokens: int = 64,
