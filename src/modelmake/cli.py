@@ -5,6 +5,7 @@
   modelmake generate --prompt "..." [--model DIR] [--adapter FILE] [overrides...]
   modelmake explain ARTIFACT [--verify]                 how it was made, back to the data
   modelmake dvc [--check]                               regenerate dvc.yaml from the plan
+  modelmake search NAME [--trials N] [overrides...]     Optuna search (conf/search/NAME.yaml)
 """
 
 from __future__ import annotations
@@ -17,14 +18,7 @@ from pathlib import Path
 
 from modelmake.errors import ModelmakeError
 from modelmake.plan import ROOT, build_plan
-from modelmake.workflow import config_args, snakemake_exe
-
-
-def snakemake_command(overrides: list[str], extra: list[str]) -> list[str]:
-    cmd = [snakemake_exe(), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(ROOT)]
-    if "--cores" not in extra and "-c" not in extra:
-        cmd += ["--cores", "all"]
-    return cmd + config_args(overrides) + extra
+from modelmake.workflow import snakemake_command
 
 
 def cmd_build(args) -> int:
@@ -91,6 +85,14 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    from modelmake.search import run
+
+    folder = run(args.name, args.trials, args.overrides, args.snakemake)
+    print(f"search summary: {folder.relative_to(ROOT)}/summary.md")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
@@ -117,12 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("explain", help="print how an artifact was made, back to the data")
     e.add_argument("artifact", help="an artifact folder (or its manifest.json)")
     e.add_argument("--verify", action="store_true", help="first check the files against the manifests")
+    s = sub.add_parser("search", help="Optuna search over overrides; objective from the evaluate stage")
+    s.add_argument("name", help="a search spec in conf/search/")
+    s.add_argument("--trials", type=int, help="finished trials wanted (default: the spec's n_trials)")
+    s.add_argument("overrides", nargs="*", help="fixed overrides for every trial")
     args = parser.parse_args(argv)
     args.snakemake = extra
     os.chdir(ROOT)
     try:
         commands = {"build": cmd_build, "plan": cmd_plan, "generate": cmd_generate, "dvc": cmd_dvc,
-                    "explain": cmd_explain}
+                    "explain": cmd_explain, "search": cmd_search}
         return commands[args.command](args)
     except ModelmakeError as e:
         print(f"modelmake: error: {e}", file=sys.stderr)

@@ -267,13 +267,13 @@ def validate(cfg: DictConfig) -> None:
                  f"{cfg.quantize.group_size} does not divide model.architecture.{f}={getattr(a, f)}")
 
 
-def _format_value(v) -> str:
+def format_value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if v is None:
         return "null"
     if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_format_value(x) for x in v) + "]"
+        return "[" + ",".join(format_value(x) for x in v) + "]"
     return str(v)
 
 
@@ -294,7 +294,7 @@ def overrides_from_config(config: dict) -> list[str]:
             for k, v in value.items():
                 walk(f"{prefix}.{k}" if prefix else str(k), v)
         else:
-            out.append(f"{prefix}={_format_value(value)}")
+            out.append(f"{prefix}={format_value(value)}")
 
     for key, value in config.items():
         if key == OVERRIDES_KEY:

@@ -89,13 +89,13 @@ def tables(points: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
                     [[p["label"], fmt(p["metrics"].get("labels")), fmt(p["metrics"].get("accuracy_majority"), 3),
                       fmt(p["metrics"].get("accuracy_before"), 3), fmt(p["metrics"].get("accuracy_after"), 3)]
                      for p in points]))
-    speed_cols = ["point", "ORT int4 tok/s", "HF fp32 tok/s", "speed-up", "ORT TTFT ms", "HF TTFT ms",
-                  "fp32 MB", "AWQ MB", "ONNX MB", "adapter MB"]
+    ms = lambda m, k: fmt(1000 * m[k], 3) if k in m else "–"  # noqa: E731
+    speed_cols = ["point", "ORT int4 tok/s", "HF fp32 tok/s", "speed-up", "ORT TTFT ms", "ORT Generator setup ms",
+                  "HF TTFT ms", "fp32 MB", "AWQ MB", "ONNX MB", "adapter MB"]
     out.append(("Speed (one thread, median) and size on disk", speed_cols, [[
         p["label"], fmt(p["metrics"].get("ort_int4_tokens_per_s"), 5), fmt(p["metrics"].get("hf_fp32_tokens_per_s"), 4),
         fmt(p["metrics"].get("speedup_ort_vs_hf"), 3),
-        fmt(1000 * p["metrics"]["ort_int4_ttft_s"], 3) if "ort_int4_ttft_s" in p["metrics"] else "–",
-        fmt(1000 * p["metrics"]["hf_fp32_ttft_s"], 3) if "hf_fp32_ttft_s" in p["metrics"] else "–",
+        ms(p["metrics"], "ort_int4_ttft_s"), ms(p["metrics"], "ort_int4_setup_s"), ms(p["metrics"], "hf_fp32_ttft_s"),
         fmt(p["metrics"].get("fp32_model_bytes", 0) * MB, 3), fmt(p["metrics"]["awq_model_bytes"] * MB, 3),
         fmt(p["metrics"]["onnx_model_bytes"] * MB, 3), fmt(p["metrics"]["onnx_adapter_bytes"] * MB, 3),
     ] for p in points]))
@@ -144,6 +144,21 @@ def plot_tradeoff(points, path: Path) -> None:
     axes[0].set(xlabel="adapter size (MB)", ylabel="ONNX int4+LoRA perplexity", title="quality vs size")
     axes[1].set(xlabel="decode tokens/s (ORT int4, 1 thread)", ylabel="ONNX int4+LoRA perplexity",
                 title="quality vs speed (marker: model+adapter size)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_search_history(values: list[float], metric: str, direction: str, path: Path) -> None:
+    """Objective per trial and the best so far."""
+    pick = min if direction == "minimize" else max
+    best = [pick(values[: i + 1]) for i in range(len(values))]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(len(values)), values, "o", label="trial")
+    ax.step(range(len(values)), best, where="post", label="best so far")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set(xlabel="finished trial", ylabel=metric, title=f"search: {direction} {metric}")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from modelmake.plan import OVERRIDES_KEY
+from modelmake.plan import OVERRIDES_KEY, ROOT
 
 
 def snakemake_exe() -> str:
@@ -21,6 +21,15 @@ def config_args(overrides) -> list[str]:
     """Hydra overrides as Snakemake `--config` (Snakemake refuses dotted keys; see plan.py)."""
     overrides = list(overrides)
     return ["--config", f"{OVERRIDES_KEY}={json.dumps(overrides)}"] if overrides else []
+
+
+def snakemake_command(overrides, extra=()) -> list[str]:
+    """Snakemake on this project for these Hydra overrides; `extra`: its own arguments and targets."""
+    extra = list(extra)
+    cmd = [snakemake_exe(), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(ROOT)]
+    if "--cores" not in extra and "-c" not in extra:
+        cmd += ["--cores", "all"]
+    return cmd + config_args(overrides) + extra
 
 
 def parse_jobs(output: str) -> dict[str, int]:
