@@ -34,4 +34,4 @@ bench: install
 	$(PY) bench/sweep.py
 
 clean:
-	rm -rf artifacts logs .snakemake
+	rm -rf artifacts logs .snakemake searches
