@@ -75,6 +75,8 @@ def test_every_search_spec_is_valid_and_composes():
     ("metric: ppl_onnx_lora\nparams: {lora.r: {choices: []}}", "params.lora.r"),
     ("metric: ppl_onnx_lora\ndirection: up\nparams: {lora.r: {choices: [4]}}", "direction"),
     ("metric: ppl_onnx_lora\nparams: {train.lr: {low: 1, high: 0.1}}", "params.train.lr"),
+    ("metric: ppl_onnx_lora\nparams: {train.lr: {low: small, high: 0.1}}", "params.train.lr"),
+    ("metric: ppl_onnx_lora\nparams: {lora.r: {choices: [4]}}\nn_trails: 3", "n_trails"),
     ("metric: ppl_onnx_lora\nsampler: grid\nparams: {train.lr: {low: 0.1, high: 1}}", "sampler"),
     ("params: {lora.r: {choices: [4]}}", "metric"),
 ])

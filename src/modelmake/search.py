@@ -71,6 +71,8 @@ def load_spec(name: str, extra_overrides: list[str] = ()) -> SearchSpec:
                  "choices must be a non-empty list, alone")
         else:
             need({"low", "high"} <= set(p) <= {"low", "high", "step", "log"}, f, "needs low and high (step, log optional)")
+            need(all(isinstance(p[k], (int, float)) and not isinstance(p[k], bool) for k in ("low", "high")), f,
+                 f"low and high must be numbers, got {p['low']!r} and {p['high']!r}")
             need(p["low"] < p["high"], f, f"low {p['low']} must be below high {p['high']}")
             need(not (p.get("log") and p.get("step")), f, "log and step do not go together")
     sampler = raw.get("sampler", "tpe")
