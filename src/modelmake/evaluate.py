@@ -9,7 +9,7 @@ On the held-out split, for one built configuration:
 - decode tokens/s and time to first token, onnxruntime-genai vs transformers on the same
   weights, each in its own one-thread process (`speed`);
 - sizes on disk of every artifact.
-Writes metrics.json (a DVC metric) through the stage runner, plus per-position details.
+Writes metrics.json (a DVC metric) through the stage runner.
 """
 
 from __future__ import annotations
@@ -42,8 +42,7 @@ def torch_logits(model, ids: list[int]) -> np.ndarray:
 
 def nll(logits: np.ndarray, ids: list[int]) -> tuple[float, int]:
     """Summed negative log-likelihood of ids[1:] under `logits` (one row per position)."""
-    z = logits - logits.max(-1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    logp = log_softmax(logits)
     targets = np.asarray(ids[1:])
     return float(-logp[np.arange(len(targets)), targets].sum()), len(targets)
 

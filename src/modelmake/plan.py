@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from modelmake.codeversion import code_version
 from modelmake.errors import ModelmakeError
+from modelmake.provenance import sha256
 
 ROOT = Path(__file__).resolve().parent.parent.parent  # the project checkout
 CONF_DIR = ROOT / "conf"
@@ -117,11 +118,7 @@ def file_sha256(path: Path) -> str:
     st = path.stat()
     memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if memo not in _HASHES:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _HASHES[memo] = h.hexdigest()
+        _HASHES[memo] = sha256(path)
     return _HASHES[memo]
 
 

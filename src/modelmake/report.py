@@ -172,12 +172,19 @@ def shared_artifacts(points) -> list[str]:
     return lines
 
 
-def markdown(title, points, best, metric, tbls, plots, shared) -> str:
-    out = [f"# {title}", "", f"{len(points)} point(s). Best by `{metric}`: **{best['label']}** "
-           f"({fmt(best['metrics'][metric])}).", ""]
+def markdown_tables(tbls) -> list[str]:
+    """Captioned tables (from `tables`) as Markdown lines."""
+    out = []
     for caption, cols, rows in tbls:
         out += [f"## {caption}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         out += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    return out
+
+
+def markdown(title, points, best, metric, tbls, plots, shared) -> str:
+    out = [f"# {title}", "", f"{len(points)} point(s). Best by `{metric}`: **{best['label']}** "
+           f"({fmt(best['metrics'][metric])}).", ""]
+    out += markdown_tables(tbls)
     out += ["## Plots", ""] + [f"![{alt}]({name})" for name, alt in plots] + [""]
     out += ["## Built once, shared", ""] + [f"- {s}" for s in shared] + [""]
     out += ["## Sample generation per adapter", ""]

@@ -184,7 +184,7 @@ def write_summary(spec: SearchSpec, study, folder: Path) -> None:
     """trials.json, summary.md and history.png: what was tried, what it scored, what it had to build."""
     import optuna
 
-    from modelmake.report import plot_search_history, tables
+    from modelmake.report import markdown_tables, plot_search_history, tables
 
     trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not trials:
@@ -215,7 +215,5 @@ def write_summary(spec: SearchSpec, study, folder: Path) -> None:
     lines += [f"| {r['trial']} | {label(r['params'])} | {r['value']:.6g} | {', '.join(r['built']) or 'none (reused)'} "
               f"| {r['seconds']} |" for r in rows]
     lines += ["", "![objective per trial](history.png)", ""]
-    for caption, cols, body in tables(points) if points else []:
-        lines += [f"## {caption}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(r) + " |" for r in body] + [""]
+    lines += markdown_tables(tables(points)) if points else []
     write_text(folder / "summary.md", "\n".join(lines))
