@@ -215,8 +215,44 @@ def build_tiny(cfg, corpus: Path, out: Path, threads: int) -> dict:
     }
 
 
+@torch.no_grad()
+def dequantize_gguf(gguf: Path, out: Path, dtype: str, threads: int) -> dict:
+    """A GGUF file as a plain HF safetensors folder (model + tokenizer + chat template).
+
+    transformers dequantizes GGUF tensors on load but marks the model as GGUF-quantized and
+    refuses to save it; a fresh model built from the same config takes the state dict whole.
+    """
+    import warnings
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    torch_dtype = getattr(torch, dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    del config.quantization_config  # the folder holds plain weights, not GGUF blocks
+    model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    state = {k: v.to(torch_dtype) for k, v in loaded.state_dict().items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]:
+        raise ModelmakeError(f"{gguf}: weights do not match {type(model).__name__} "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.tie_weights()
+    if not tok.chat_template:
+        log.warning("%s: the GGUF carries no chat template (data.template=chat will be refused)", gguf.name)
+    model.generation_config.do_sample = False
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return {"source_file": gguf.name, "architecture": type(model).__name__,
+            "parameters": sum(p.numel() for p in model.parameters()), "dtype": dtype,
+            "vocab_size": config.vocab_size, "num_hidden_layers": config.num_hidden_layers}
+
+
 def model_location(base_dir: Path) -> str:
-    """Where the quantize stage loads the base from: the built folder, or the pretrained source."""
+    """Where later stages load the base from: the built folder, or the pretrained source."""
     ref = Path(base_dir) / "source.json"
     if ref.exists():
         return json.loads(ref.read_text())["source"]
@@ -224,10 +260,16 @@ def model_location(base_dir: Path) -> str:
 
 
 def build(node, out: Path, cfg) -> dict:
+    from modelmake import model_source
+
     m = cfg.model
     if m.kind == "tiny":
         return build_tiny(m, Path(m.corpus), out / "model", cfg.threads)
-    # A pretrained model is not copied: the key pins its source (+ revision or local fingerprint).
+    if m.kind == "gguf":
+        return dequantize_gguf(model_source.gguf_path(m), out / "model", m.dtype, cfg.threads)
+    # A pretrained model is not copied: the key pins its source (every file's content, or a revision).
+    folder = model_source.local_folder(m)
+    source = str(folder) if folder is not None else m.source
     (out / "source.json").write_text(json.dumps(
-        {"source": m.source, "revision": m.revision, "trust_remote_code": bool(m.trust_remote_code)}, indent=2))
-    return {"source": m.source, "revision": m.revision}
+        {"source": source, "revision": m.revision, "trust_remote_code": bool(m.trust_remote_code)}, indent=2))
+    return {"source": source, "revision": m.revision}

@@ -43,16 +43,22 @@ def cmd_plan(args) -> int:
 
 def cmd_generate(args) -> int:
     from modelmake.adapter import ADAPTER_FILE
+    from modelmake.dataset import TEMPLATE_FILE, load_template
     from modelmake.generate import prompt_text, stream
     from modelmake.plan import compose
 
-    cfg = compose(tuple(args.overrides))
-    point = build_plan(overrides=args.overrides).finals[0]
+    plan = build_plan(overrides=args.overrides)
+    cfg, point = compose(plan.points[0]), plan.finals[0]
     model = Path(args.model) if args.model else ROOT / point["export"].path / "model"
     adapter = None
     if not args.no_adapter:
         adapter = Path(args.adapter) if args.adapter else ROOT / point["adapter"].path / ADAPTER_FILE
-    text = prompt_text(cfg.data.template, cfg.data.response_marker, args.prompt) if not args.raw else args.prompt
+    text = args.prompt
+    if not args.raw:  # the prompt as the adapter saw it in training: the dataset's own rendering
+        dataset = ROOT / point["dataset"].path
+        if not (dataset / TEMPLATE_FILE).exists():
+            raise ModelmakeError(f"{dataset}: not built; build the chain first (modelmake build), or pass --raw")
+        text = prompt_text(*load_template(dataset), args.prompt)
     result = stream(model, text, adapter, args.max_new_tokens or cfg.generate.max_new_tokens)
     print(f"[{result['new_tokens']} tokens, {result['tokens_per_s']:.0f} tokens/s, "
           f"first token {1000 * result['time_to_first_token_s']:.1f} ms]", file=sys.stderr)

@@ -87,11 +87,67 @@ def split(items: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict
     return train, evals
 
 
-def prepare(path: Path, template: str, marker: str, eval_fraction: float, seed: int):
+def _escape_braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def chat_template_as_text(tok, user: str, assistant: str, system: str | None) -> tuple[str, str]:
+    """The tokenizer's chat template for one user turn and one assistant turn, as a text template
+    (`...{user}...{assistant}...`) and its response marker: what the model sees before its answer.
+
+    One rendering serves training, generation and evaluation alike; `check_chat_rendering`
+    proves it equal to the Jinja template's own output on every record.
+    """
+    if not getattr(tok, "chat_template", None):
+        raise ModelmakeError("data.template: 'chat' needs a chat template, and this model's tokenizer has none")
+    u, a = "\x00user\x00", "\x00assistant\x00"
+    head = [{"role": "system", "content": system}] if system else []
+    prompt = tok.apply_chat_template(head + [{"role": "user", "content": u}], add_generation_prompt=True,
+                                     tokenize=False)
+    full = tok.apply_chat_template(head + [{"role": "user", "content": u}, {"role": "assistant", "content": a}],
+                                   tokenize=False)
+    if prompt.count(u) != 1 or full.count(a) != 1 or not full.startswith(prompt):
+        raise ModelmakeError("data.template: the tokenizer's chat template does not render one turn as a prefix "
+                             "of the conversation; give the template as text")
+    marker = prompt.split(u, 1)[1]
+    before, after = full.split(a, 1)
+    template = (_escape_braces(before).replace(u, "{" + user + "}") + "{" + assistant + "}" + _escape_braces(after))
+    if template.index(_escape_braces(marker)) != template.index("{" + user + "}") + len(user) + 2:
+        raise ModelmakeError(f"data.template: the chat template's response marker {marker!r} also occurs "
+                             "before the prompt; give the template as text")
+    return template, marker
+
+
+def check_chat_rendering(tok, items: list[dict], records: list[dict], user: str, assistant: str,
+                         system: str | None, path: Path) -> None:
+    """Refuse a content-dependent chat template: each record, rendered by Jinja, must equal its
+    text-template rendering (which is what generation uses at run time)."""
+    head = [{"role": "system", "content": system}] if system else []
+    for it, rec in zip(items, records):
+        text = tok.apply_chat_template(head + [{"role": "user", "content": rec[user]},
+                                               {"role": "assistant", "content": rec[assistant]}], tokenize=False)
+        if text != it["text"]:
+            raise ModelmakeError(f"{path}:{rec['_line']}: the tokenizer's chat template renders this record "
+                                 "differently from its one-turn form; give data.template as text")
+
+
+def effective_template(d, tok=None) -> tuple[str, str]:
+    """(text template, response marker) for the data config: as given, or from the chat template."""
+    from modelmake.plan import CHAT
+
+    if d.template != CHAT:
+        return d.template, d.response_marker
+    return chat_template_as_text(tok, d.fields.user, d.fields.assistant, d.get("system"))
+
+
+def prepare(path: Path, template: str, marker: str, eval_fraction: float, seed: int, check=None):
     fields = template_fields(template)
     if marker and marker not in template:
         raise ModelmakeError(f"data.response_marker {marker!r} does not occur in data.template")
-    items = [render(template, marker, r) for r in read_records(path, fields)]
+    records = read_records(path, fields)
+    items = [render(template, marker, r) for r in records]
+    if check is not None:
+        check(items, records)
     train, evals = split(items, eval_fraction, seed)
     for name, part in (("train", train), ("eval", evals)):
         if not part:
@@ -113,10 +169,34 @@ def read_split(dataset_dir: Path, name: str) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
+TEMPLATE_FILE = "template.json"
+
+
+def load_template(dataset_dir: Path) -> tuple[str, str]:
+    """The text template and response marker a dataset was rendered with (generate and evaluate
+    render prompts with it, so a chat-template dataset and its prompts agree)."""
+    t = json.loads((Path(dataset_dir) / TEMPLATE_FILE).read_text())
+    return t["template"], t["response_marker"]
+
+
 def build(node, out: Path, cfg) -> dict:
+    from modelmake.base_model import model_location
+    from modelmake.plan import CHAT
+
     d = cfg.data
-    train, evals = prepare(Path(d.path), d.template, d.response_marker, d.eval_fraction, d.seed)
+    tok, check = None, None
+    if d.template == CHAT:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model_location(node.inputs["base"].path),
+                                            trust_remote_code=bool(cfg.model.trust_remote_code))
+        check = lambda items, records: check_chat_rendering(  # noqa: E731
+            tok, items, records, d.fields.user, d.fields.assistant, d.get("system"), Path(d.path))
+    template, marker = effective_template(d, tok)
+    train, evals = prepare(Path(d.path), template, marker, d.eval_fraction, d.seed, check)
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "eval.jsonl", evals)
+    (out / TEMPLATE_FILE).write_text(json.dumps(
+        {"template": template, "response_marker": marker, "from": "chat" if d.template == CHAT else "text"}, indent=2))
     return {"records": len(train) + len(evals), "train": len(train), "eval": len(evals),
             "distinct": len({i["text"] for i in train + evals})}

@@ -70,13 +70,21 @@ def stream(model_dir: Path, text: str, adapter: Path | None = None, max_new_toke
 
 def build(node, out: Path, cfg) -> dict:
     from modelmake.adapter import ADAPTER_FILE
+    from modelmake.dataset import load_template
 
     g = cfg.generate
-    text = prompt_text(cfg.data.template, cfg.data.response_marker, g.prompt)
-    print(f"--- prompt ---\n{text}--- completion (adapter active) ---", flush=True)
-    result = stream(node.inputs["export"].path / "model", text, node.inputs["adapter"].path / ADAPTER_FILE,
-                    g.max_new_tokens, g.do_sample, g.temperature, g.top_p)
-    print(f"--- {result['new_tokens']} tokens, {result['tokens_per_s']:.0f} tokens/s ---", flush=True)
+    text = prompt_text(*load_template(node.inputs["dataset"].path), g.prompt)
+    model_dir = node.inputs["export"].path / "model"
+    runs = {}
+    # the fine-tuned answer next to the base model's: the same graph, with and without the adapter
+    for name, adapter in (("adapter", node.inputs["adapter"].path / ADAPTER_FILE), ("base", None)):
+        label = "adapter active" if adapter else "base model, no adapter"
+        print(f"--- prompt ---\n{text}--- completion ({label}) ---", flush=True)
+        runs[name] = stream(model_dir, text, adapter, g.max_new_tokens, g.do_sample, g.temperature, g.top_p)
+        print(f"--- {runs[name]['new_tokens']} tokens, {runs[name]['tokens_per_s']:.0f} tokens/s ---", flush=True)
+    result = runs["adapter"] | {"base_completion": runs["base"]["completion"]}
     (out / "generation.json").write_text(json.dumps(result, indent=2))
-    (out / "generation.txt").write_text(g.prompt + "\n\n" + result["completion"] + "\n")
+    (out / "generation.txt").write_text(
+        f"{g.prompt}\n\n[fine-tuned]\n{runs['adapter']['completion'].strip()}\n\n"
+        f"[base model]\n{runs['base']['completion'].strip()}\n")
     return {k: result[k] for k in ("new_tokens", "tokens_per_s", "time_to_first_token_s")}

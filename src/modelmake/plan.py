@@ -13,15 +13,16 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from modelmake import hashcache, model_source
 from modelmake.codeversion import code_version
 from modelmake.errors import ModelmakeError
-from modelmake.provenance import sha256
 
 ROOT = Path(__file__).resolve().parent.parent.parent  # the project checkout
 CONF_DIR = ROOT / "conf"
@@ -39,7 +40,8 @@ class StageSpec:
 
 STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("base", ("model",), (), ("torch", "transformers", "tokenizers", "safetensors")),
-    StageSpec("dataset", ("data",), (), ()),
+    # the dataset is rendered for a model: with data.template=chat, through its tokenizer's template
+    StageSpec("dataset", ("data",), ("base",), ("transformers", "tokenizers")),
     StageSpec("quantize", ("quantize",), ("base", "dataset"),
               ("torch", "transformers", "autoawq", "safetensors")),
     StageSpec("finetune", ("lora", "train"), ("quantize", "dataset"),
@@ -47,7 +49,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("export", ("export",), ("quantize",),
               ("torch", "transformers", "autoawq", "onnx", "onnx-ir", "onnxruntime", "onnxruntime-genai")),
     StageSpec("adapter", (), ("finetune", "export"), ("onnx", "onnxruntime", "safetensors", "numpy")),
-    StageSpec("generate", ("generate", "data"), ("export", "adapter"), ("onnxruntime-genai",)),
+    StageSpec("generate", ("generate",), ("dataset", "export", "adapter"), ("onnxruntime-genai",)),
     StageSpec("evaluate", ("evaluate", "train"), ("base", "dataset", "quantize", "finetune", "export", "adapter"),
               ("torch", "transformers", "autoawq", "peft", "onnxruntime-genai")),
     StageSpec("register", ("register",), ("export", "adapter", "generate"), ("mlflow", "azure-ai-ml")),
@@ -57,7 +59,8 @@ FINAL_STAGE = "register"
 REPORT_STAGE = "report"
 REPORT_INPUTS = ("evaluate", "finetune", "generate")
 # Fields naming data files: keyed by the files' content (see stage_data), not by where they lie.
-PATH_FIELDS = {"data": ("path",), "model": ("corpus",)}
+CHAT = "chat"  # data.template: render records through the tokenizer's own chat template
+PATH_FIELDS = {"data": ("path",), "model": ("corpus", "source", "package")}
 
 
 @dataclass
@@ -111,15 +114,8 @@ class Plan:
 
 
 # --- data hashing ---------------------------------------------------------------------------
-_HASHES: dict[tuple, str] = {}
-
-
 def file_sha256(path: Path) -> str:
-    st = path.stat()
-    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if memo not in _HASHES:
-        _HASHES[memo] = sha256(path)
-    return _HASHES[memo]
+    return hashcache.file_sha256(path)
 
 
 def _data_file(field_name: str, value: str) -> Path:
@@ -130,24 +126,11 @@ def _data_file(field_name: str, value: str) -> Path:
     return full
 
 
-def _model_source_fingerprint(model_cfg) -> dict:
-    """A pretrained model's identity: a local folder's config and file sizes, or hub id + revision."""
-    src = Path(model_cfg.source)
-    full = src if src.is_absolute() else ROOT / src
-    if full.is_dir():
-        files = sorted(p for p in full.iterdir() if p.is_file())
-        return {"local": {p.name: (file_sha256(p) if p.suffix == ".json" else p.stat().st_size) for p in files}}
-    return {"hub": model_cfg.source, "revision": model_cfg.revision}
-
-
 def stage_data(stage: str, cfg: DictConfig) -> dict[str, str]:
     if stage == "dataset":
         return {cfg.data.path: file_sha256(_data_file("data.path", cfg.data.path))}
     if stage == "base":
-        if cfg.model.kind == "tiny":
-            return {cfg.model.corpus: file_sha256(_data_file("model.corpus", cfg.model.corpus))}
-        return {"model.source": hashlib.sha256(
-            json.dumps(_model_source_fingerprint(cfg.model), sort_keys=True).encode()).hexdigest()}
+        return model_source.data(cfg.model)
     return {}
 
 
@@ -227,6 +210,51 @@ def compose(overrides: tuple[str, ...]) -> DictConfig:
     return cfg
 
 
+# Free-text fields: an override of one is always one literal string (a comma in a prompt is not a
+# sweep, braces in a template are not a dict), and `\n`, `\t` in it are escapes, as in Olive's
+# --text_template, so a template fits on a command line.
+FREE_TEXT = ("data.template", "data.response_marker", "data.system", "generate.prompt")
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def unescape(text: str) -> str:
+    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], text)
+
+
+def normalize(cfg: DictConfig) -> DictConfig:
+    """Escapes in free-text fields resolved, in place, before anything reads or keys them."""
+    for name in FREE_TEXT:
+        v = OmegaConf.select(cfg, name)
+        if isinstance(v, str):
+            OmegaConf.update(cfg, name, unescape(v))
+    return cfg
+
+
+def _parses(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        OverridesParser.create().parse_override(override)
+        return True
+    except HydraException:
+        return False
+
+
+def quote_override(override: str) -> str:
+    """An override as Hydra must receive it: a free-text field's value, or any value Hydra's lexer
+    would refuse (newlines, braces, `|`), single-quoted, with newlines and tabs as escapes."""
+    key, sep, value = override.partition("=")
+    if not sep or value[:1] in ("'", '"'):
+        return override
+    if key.lstrip("+~") not in FREE_TEXT and "\n" not in value and "\t" not in value and _parses(override):
+        return override
+    value = value.replace("\n", "\\n").replace("\t", "\\t").replace("'", "\\'")
+    if value.endswith("\\"):
+        value += "\\"  # a trailing backslash would escape the closing quote
+    return f"{key}='{value}'"
+
+
 def validate(cfg: DictConfig) -> None:
     """Schema checks Hydra's struct mode does not do: types and ranges of the fields that matter."""
     def need(cond: bool, field_name: str, msg: str):
@@ -241,7 +269,8 @@ def validate(cfg: DictConfig) -> None:
         v = OmegaConf.select(cfg, field_name)
         need(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, field_name, f"must be a positive number, got {v!r}")
 
-    need(cfg.model.kind in ("tiny", "pretrained"), "model.kind", f"must be 'tiny' or 'pretrained', got {cfg.model.kind!r}")
+    need(cfg.model.kind in ("tiny", "gguf", "pretrained"), "model.kind",
+         f"must be 'tiny', 'gguf' or 'pretrained', got {cfg.model.kind!r}")
     for f in ("lora.r", "train.steps", "train.batch_size", "train.max_seq_len", "quantize.group_size",
               "quantize.calib_samples", "quantize.calib_seq_len", "generate.max_new_tokens", "threads"):
         positive_int(f)
@@ -257,11 +286,25 @@ def validate(cfg: DictConfig) -> None:
     need(len(cfg.lora.target_modules) > 0, "lora.target_modules", "must name at least one module")
     need(bool(cfg.model.trust_remote_code) is False or cfg.model.kind == "pretrained", "model.trust_remote_code",
          "only meaningful for a pretrained model")
-    if cfg.model.kind == "tiny":
-        a = cfg.model.architecture
-        for f in ("hidden_size", "intermediate_size"):
-            need(getattr(a, f) % cfg.quantize.group_size == 0, "quantize.group_size",
-                 f"{cfg.quantize.group_size} does not divide model.architecture.{f}={getattr(a, f)}")
+    normalize(cfg)
+    # the model itself, before any work: found, readable, an architecture every stage supports
+    model = model_source.describe(cfg.model)
+    if model:
+        model_source.check_architecture(model["architecture"])
+    if cfg.data.template == CHAT:
+        need(model.get("chat_template") is not False, "data.template",
+             f"'chat' needs a chat template, and the tokenizer of model '{cfg.model.name}' has none; "
+             "give the template as text (Olive style: '<|user|>\\n{prompt}...')")
+    else:
+        from modelmake.dataset import template_fields
+
+        template_fields(cfg.data.template)
+        need(not cfg.data.response_marker or cfg.data.response_marker in cfg.data.template, "data.response_marker",
+             f"{cfg.data.response_marker!r} does not occur in data.template {cfg.data.template!r}")
+    for f in ("hidden_size", "intermediate_size"):
+        if model.get(f):
+            need(model[f] % cfg.quantize.group_size == 0, "quantize.group_size",
+                 f"{cfg.quantize.group_size} does not divide the model's {f}={model[f]}")
 
 
 def format_value(v) -> str:
@@ -349,7 +392,7 @@ def expand_presets(overrides: list[str]) -> list[str]:
 
 def build_plan(config: dict | None = None, overrides: list[str] | None = None) -> Plan:
     """The plan for Snakemake's config dict (or raw Hydra overrides), sweeps expanded."""
-    ov = expand_presets(list(overrides or []) + overrides_from_config(config or {}))
+    ov = [quote_override(o) for o in expand_presets(list(overrides or []) + overrides_from_config(config or {}))]
     points = expand_sweep(ov)
     plan = Plan(points=points)
     for point in points:
