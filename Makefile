@@ -18,10 +18,12 @@ $(STAMP): requirements/base.txt requirements/no-deps.txt requirements/constraint
 
 install: $(STAMP)
 
-## the whole recipe on the embedded tiny model, printing the streamed generation; then DVC adopts
-## the outputs (dvc.lock records this build: manifests carry times and host, so every build differs)
+## the whole recipe on a real model (SmolLM2-135M-Instruct, packaged), printing its fine-tuned answer
+## next to the base model's; then DVC adopts the outputs (dvc.lock records this build: manifests
+## carry times and host, so every build differs). RUN=... picks another release of conf/releases.yaml.
+RUN ?= experiment=smollm2
 run: install
-	$(VENV)/bin/snakemake --cores all
+	$(VENV)/bin/modelmake build $(RUN)
 	if $(VENV)/bin/modelmake dvc --check >/dev/null; then $(VENV)/bin/dvc commit -f -q; fi
 
 ## the test suite (what CI runs)
@@ -32,6 +34,7 @@ test: install
 bench: install
 	$(PY) bench/pipeline.py
 	$(PY) bench/sweep.py
+	$(PY) bench/models.py
 
 clean:
 	rm -rf artifacts logs .snakemake searches

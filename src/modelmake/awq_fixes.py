@@ -172,7 +172,12 @@ def load_awq_model(model_dir: str | Path, dtype: torch.dtype = torch.float32, de
     state = {}
     for f in sorted(model_dir.glob("*.safetensors")):
         state.update(load_file(f))
-    model.load_state_dict(state, strict=True, assign=True)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    # a tied lm_head (SmolLM2, small Qwen2) is not in the checkpoint: tie_weights below fills it
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"{model_dir}: checkpoint does not match {type(model).__name__}: "
+                         f"missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]}")
     for module in model.modules():
         if isinstance(module, WQLinear_GEMM):
             continue

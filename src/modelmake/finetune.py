@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -104,12 +105,14 @@ def train(model, train_ex, eval_ex, t, pad_id: int, log_path: Path) -> dict:
     history = [{"step": 0, "train_loss": "", "eval_loss": eval0, "lr": 0.0}]
     it = batches(len(train_ex), t.batch_size, t.seed)
     bar = tqdm(range(1, t.steps + 1), desc="finetune", mininterval=2)
+    train_seconds = 0.0
     with log_path.open("w", newline="") as logf:
         writer = csv.DictWriter(logf, fieldnames=["step", "train_loss", "eval_loss", "lr"])
         writer.writeheader()
         writer.writerow(history[0])
         for step in bar:
             model.train()
+            t0 = time.perf_counter()
             ids, mask, labels = collate([train_ex[i] for i in next(it)], pad_id)
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             if not torch.isfinite(loss):
@@ -119,6 +122,7 @@ def train(model, train_ex, eval_ex, t, pad_id: int, log_path: Path) -> dict:
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
+            train_seconds += time.perf_counter() - t0  # the step alone, not the periodic evaluation
             row = {"step": step, "train_loss": loss.item(), "eval_loss": "", "lr": sched.get_last_lr()[0]}
             if step % t.eval_every == 0 or step == t.steps:
                 row["eval_loss"] = mean_loss(model, eval_ex, pad_id, t.batch_size)
@@ -132,6 +136,7 @@ def train(model, train_ex, eval_ex, t, pad_id: int, log_path: Path) -> dict:
         "train_loss": sum(train_tail) / len(train_tail),
         "eval_perplexity_before": math.exp(eval0),
         "eval_perplexity": math.exp(history[-1]["eval_loss"]),
+        "seconds_per_step": train_seconds / t.steps,
     }
 
 

