@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
 from conftest import REPO, copy_project, snakemake
 from modelmake.adapter import ADAPTER_FILE
 from modelmake.errors import ModelmakeError
+from modelmake.export import add_lora, dequantize_checkpoint
 from modelmake.families import FAMILIES, family_for_config
+from modelmake.onnx_lora import write_adapter
 from modelmake.workflow import config_args
 from test_parity import adapters_on, og_greedy, prompts, torch_greedy
 from test_parity import torch_model as awq_lora_model
@@ -66,7 +71,7 @@ def make_checkpoint(arch: str, out: Path, seed: int) -> Path:
         for name, p in model.named_parameters():
             if name.endswith("proj.bias"):
                 p.normal_(0, 0.1)
-    settings = OmegaConf.create({"steps": 100, "batch_size": 16, "lr": 3e-3, "warmup": 10})
+    settings = OmegaConf.create({"steps": 60, "batch_size": 16, "lr": 3e-3, "warmup": 10})
     pretrain(model, pack_sequences(tok, texts, 64), settings, seed=seed)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
@@ -256,3 +261,39 @@ def test_the_graph_has_lora_inputs_for_every_projection_of_the_family(built):
         modules = {v["module"].split(".", 3)[3] for v in spec.values()}
         assert modules == set(FAMILIES[arch].modules), arch
         assert len(spec) == 2 * len(modules) * 2  # A and B, 2 layers
+
+
+@pytest.mark.parametrize("precision,option,nodes", [
+    ("int4", "disable_qkv_fusion=true", ["attn/q_proj", "attn/k_proj", "attn/v_proj"]),  # q/k/v apart
+    ("fp32", "fuse_mlp_gate_up=true", ["mlp/gate_up_proj"]),                               # gate/up packed
+])
+def test_the_builders_other_layouts_take_the_same_adapter(built, tmp_path, precision, option, nodes):
+    """The family table's alternative layouts, built for real (builder options modelmake does not
+    set today): the same peft adapter maps onto them and the graph still computes torch + peft."""
+    point = built["exact" if precision == "int4" else "fp32"]["LlamaForCausalLM"]
+    awq_dir = point["quantize"].path / "model"
+    src = awq_dir
+    if precision == "fp32":
+        src = tmp_path / "dense"
+        dequantize_checkpoint(awq_dir, src)
+    out = tmp_path / "graph"
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out), "-p", precision,
+           "-e", "cpu", "-c", str(tmp_path / "cache"), "--extra_options", "hf_token=false", "accuracy_level=1",
+           "nodes_to_exclude=/lm_head/MatMul", option]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    names = {n.name for n in onnx.load(out / "model.onnx", load_external_data=False).graph.node}
+    assert all(any(name.startswith(f"/model/layers.0/{p}/MatMul") for name in names) for p in nodes), "layout not built"
+    config = json.loads((awq_dir / "config.json").read_text())
+    add_lora(out, config, list(FAMILIES["LlamaForCausalLM"].modules))
+    write_adapter(point["finetune"].path / "adapter", out, tmp_path / "a.onnx_adapter")
+    model, tok = torch_model(point)
+    graph = og.Model(str(out))
+    ad = adapters_on(graph, a=tmp_path / "a.onnx_adapter")
+    if precision == "fp32":
+        ids = tok(prompts(point, 1)[0], add_special_tokens=False)["input_ids"]
+        tokens, logits = og_greedy(graph, ids, ad, "a", STEPS)
+        ref_tokens, ref_logits = torch_greedy(model, ids, STEPS)
+        assert tokens == ref_tokens[: len(tokens)] and np.abs(logits - ref_logits[: len(tokens)]).max() <= 1e-4
+    else:
+        check_greedy(model, tok, graph, ad, "a", point, EXACT_TOL)

@@ -61,7 +61,8 @@ def _proj_nodes(graph: onnx.GraphProto) -> dict[str, _Proj]:
     for node in graph.node:
         if node.op_type not in _PROJ_OPS:
             continue
-        m = re.match(r"^/model/layers\.(\d+)/(.+)/(MatMul|MatMulNBits)$", node.name)
+        # the builder names a node it quantized itself (RTN, not a pre-quantized checkpoint) MatMul_Q4
+        m = re.match(r"^/model/layers\.(\d+)/(.+)/(MatMul|MatMulNBits|MatMul_Q4)$", node.name)
         if not m:
             continue
         if node.op_type == "MatMulNBits":
