@@ -20,6 +20,7 @@ import torch
 
 from modelmake.awq_fixes import WQLinear_GEMM, dequantized_weight, load_awq_model
 from modelmake.errors import ModelmakeError
+from modelmake.families import family_for_config, resolve_export_targets
 from modelmake.provenance import dir_size
 from modelmake.onnx_lora import add_lora_inputs
 
@@ -62,10 +63,10 @@ def run_builder(src: Path, out: Path, e, cache: Path, log_path: Path) -> None:
         raise ModelmakeError(f"onnxruntime-genai builder failed (exit {proc.returncode}); log {log_path}:\n{tail}")
 
 
-def add_lora(model_dir: Path, num_layers: int, targets: list[str]) -> dict:
+def add_lora(model_dir: Path, config: dict, targets: list[str]) -> dict:
     path = model_dir / "model.onnx"
     model = onnx.load(path, load_external_data=False)  # weights stay in model.onnx.data untouched
-    spec = add_lora_inputs(model, num_layers, list(targets))
+    spec = add_lora_inputs(model, config, list(targets))
     onnx.save(model, path)
     (model_dir / "lora_inputs.json").write_text(json.dumps(spec, indent=2))
     return spec
@@ -90,7 +91,9 @@ def smoke_test(model_dir: Path) -> float:
 def build(node, out: Path, cfg) -> dict:
     e = cfg.export
     awq_dir = node.inputs["quantize"].path / "model"
-    num_layers = json.loads((awq_dir / "config.json").read_text())["num_hidden_layers"]
+    config = json.loads((awq_dir / "config.json").read_text())
+    targets = resolve_export_targets(e.lora_targets, family_for_config(config, str(awq_dir / "config.json")))
+    num_layers = config["num_hidden_layers"]
     with tempfile.TemporaryDirectory(prefix="modelmake-export-") as scratch:
         scratch = Path(scratch)
         src = awq_dir
@@ -98,7 +101,7 @@ def build(node, out: Path, cfg) -> dict:
             src = scratch / "dense"
             dequantize_checkpoint(awq_dir, src)
         run_builder(src, out / "model", e, scratch / "cache", out / "builder.log")
-    spec = add_lora(out / "model", num_layers, e.lora_targets)
+    spec = add_lora(out / "model", config, targets)
     metrics = {"size_bytes": dir_size(out / "model"), "lora_inputs": len(spec["inputs"]),
                "activation_dtype": spec["dtype"], "num_layers": num_layers}
     if e.execution_provider == "cpu":

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from modelmake.awq_fixes import load_awq_model
 from modelmake.dataset import read_split
 from modelmake.errors import ModelmakeError
+from modelmake.families import family_for_config, resolve_lora_targets
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -78,16 +79,19 @@ def batches(n: int, batch_size: int, seed: int):
 
 
 def lora_model(base, lora_cfg):
+    """peft LoRA on `base`; `lora.target_modules: auto` is every projection of the model's family."""
     from peft import LoraConfig, get_peft_model
 
+    family = family_for_config(base.config.to_dict())
+    targets = resolve_lora_targets(lora_cfg.target_modules, family)
     config = LoraConfig(
         r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-        target_modules=list(lora_cfg.target_modules), bias="none", task_type="CAUSAL_LM",
+        target_modules=targets, bias="none", task_type="CAUSAL_LM",
     )
     try:
         return get_peft_model(base, config)
     except ValueError as e:  # peft names the missing target modules
-        raise ModelmakeError(f"lora.target_modules={list(lora_cfg.target_modules)}: {e}") from None
+        raise ModelmakeError(f"lora.target_modules={targets}: {e}") from None
 
 
 def train(model, train_ex, eval_ex, t, pad_id: int, log_path: Path) -> dict:

@@ -11,9 +11,11 @@ checkpoint), so this module does the two halves itself:
   checking every parameter's name, shape and rank against the graph before anything is written.
 
 Naming: the input for peft module `model.layers.3.mlp.down_proj` is
-`lora.layers.3.mlp.down_proj.A` / `.B`. LoRA's scaling (alpha / r) is folded into B.
-Where the builder splits one HF projection into several graph nodes (Phi-3's `gate_up_proj`
-becomes `gate_proj` and `up_proj`), B is sliced by the nodes' output widths, in order.
+`lora.layers.3.mlp.down_proj.A` / `.B`, B as wide as the HF module. LoRA's scaling (alpha / r)
+is folded into B. How the builder lays each family's projections out is in `families`: where it
+splits one HF projection into several graph nodes (Phi-3's `gate_up_proj` becomes `gate_proj`
+and `up_proj`), B is sliced; where it packs several into one node (Llama's q/k/v into
+`qkv_proj`), each module's delta is padded into its own columns of that node.
 """
 
 from __future__ import annotations
@@ -28,20 +30,16 @@ import onnx
 from onnx import helper, numpy_helper
 
 from modelmake.errors import ModelmakeError
+from modelmake.families import Family, family_for_config, module_shapes, part_columns
 
-RANK_DIM = "lora_rank"
-# HF module name (under model.layers.N.) -> graph node paths (under /model/layers.N/), tried in order.
-GRAPH_NODES = {
-    "self_attn.qkv_proj": [["attn/qkv_proj"], ["attn/q_proj", "attn/k_proj", "attn/v_proj"]],
-    "self_attn.q_proj": [["attn/q_proj"]],
-    "self_attn.k_proj": [["attn/k_proj"]],
-    "self_attn.v_proj": [["attn/v_proj"]],
-    "self_attn.o_proj": [["attn/o_proj"]],
-    "mlp.gate_up_proj": [["mlp/gate_up_proj"], ["mlp/gate_proj", "mlp/up_proj"]],
-    "mlp.gate_proj": [["mlp/gate_proj"]],
-    "mlp.up_proj": [["mlp/up_proj"]],
-    "mlp.down_proj": [["mlp/down_proj"]],
-}
+RANK_DIM = "lora_rank"  # + ".<layer>.<module>": each module's rank is its own symbolic dim
+
+
+def rank_dim(layer: int, module: str) -> str:
+    # One shared dim name would tell onnxruntime every rank is equal; an adapter on a subset of
+    # modules (the rest keep rank 0) or with per-module ranks then fails in its memory planner
+    # ("Shape mismatch attempting to re-use buffer. {0,256} != {4,256}").
+    return f"{RANK_DIM}.{layer}.{module}"
 _PROJ_OPS = {"MatMul", "MatMulNBits"}
 
 
@@ -63,7 +61,8 @@ def _proj_nodes(graph: onnx.GraphProto) -> dict[str, _Proj]:
     for node in graph.node:
         if node.op_type not in _PROJ_OPS:
             continue
-        m = re.match(r"^/model/layers\.(\d+)/(.+)/(MatMul|MatMulNBits)$", node.name)
+        # the builder names a node it quantized itself (RTN, not a pre-quantized checkpoint) MatMul_Q4
+        m = re.match(r"^/model/layers\.(\d+)/(.+)/(MatMul|MatMulNBits|MatMul_Q4)$", node.name)
         if not m:
             continue
         if node.op_type == "MatMulNBits":
@@ -85,79 +84,151 @@ def _activation_dtype(graph: onnx.GraphProto) -> int:
     raise ModelmakeError("graph has no 'logits' output: not an ORT-genai decoder graph")
 
 
-def add_lora_inputs(model: onnx.ModelProto, num_layers: int, targets: list[str]) -> dict:
-    """Insert optional LoRA branches for `targets` (e.g. `self_attn.qkv_proj`) in every layer.
+@dataclass
+class _Run:
+    """Columns [start, end) of one HF module that a graph node computes at `offset` of its output."""
+    module: str
+    start: int
+    end: int
+    offset: int
 
-    Returns the LoRA spec: {"dtype": ..., "inputs": {name: {"shape": [in, "lora_rank"], "module": ...}}}.
+
+def _runs(family: Family, config: dict, pieces) -> list[_Run]:
+    """A node's pieces with adjacent parts of one module merged (a packed node holding a whole
+    module needs no slicing)."""
+    runs: list[_Run] = []
+    offset = 0
+    for module, part in pieces:
+        start, end = part_columns(family, config, module, part)
+        if runs and runs[-1].module == module and runs[-1].end == start:
+            runs[-1].end = end
+        else:
+            runs.append(_Run(module, start, end, offset))
+        offset += end - start
+    return runs
+
+
+def _layer_nodes(family: Family, projs: dict[str, _Proj], layer: int, targets: set[str]) -> dict[str, list]:
+    """Graph node path -> its pieces, for every layout group holding a target, in this layer."""
+    chosen = {}
+    for alternatives in family.layouts:
+        modules = {m for layout in alternatives for pieces in layout.values() for m, _ in pieces}
+        if not modules & targets:
+            continue
+        layout = next((lay for lay in alternatives if all(f"{layer}/{p}" in projs for p in lay)), None)
+        if layout is None:
+            tried = [sorted(lay) for lay in alternatives]
+            raise ModelmakeError(
+                f"graph has no projection node for model.layers.{layer}.{sorted(modules & targets)} "
+                f"({family.architecture}; looked for {tried} under /model/layers.{layer}/)"
+            )
+        chosen.update({f"{layer}/{p}": pieces for p, pieces in layout.items()})
+    return chosen
+
+
+def add_lora_inputs(model: onnx.ModelProto, config: dict, targets: list[str]) -> dict:
+    """Insert optional LoRA branches for `targets` (HF modules, e.g. `self_attn.q_proj`) in every layer.
+
+    `config` is the model's config.json: it names the family (hence the graph layout) and the widths.
+    Each target gets its own inputs A [in, r] and B [r, out], out = the HF module's width. Where
+    the builder packs several modules into one node (Llama's q/k/v), each module's delta is padded
+    into its own columns of that node; where it splits one module into several nodes (Phi-3's
+    gate_up), B is sliced. Returns the LoRA spec:
+    {"dtype": ..., "architecture": ..., "inputs": {name: {"shape": [in, "lora_rank.<layer>.<module>"], "module": ...}}}.
     """
+    family = family_for_config(config)
+    shapes = module_shapes(family, config)
+    unknown = [t for t in targets if t not in family.modules]
+    if unknown:
+        raise ModelmakeError(
+            f"export.lora_targets: {unknown} name no module of {family.architecture}; known: {list(family.modules)}"
+        )
     graph = model.graph
     dtype = _activation_dtype(graph)
+    np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
     projs = _proj_nodes(graph)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    after: dict[str, list[onnx.NodeProto]] = {}
+    position = {node.name: i for i, node in enumerate(graph.node)}
     inputs: dict[str, dict] = {}
-    for layer in range(num_layers):
-        for target in targets:
-            if target not in GRAPH_NODES:
-                raise ModelmakeError(
-                    f"export.lora_targets: unknown module '{target}'; known: {sorted(GRAPH_NODES)}"
-                )
-            nodes = next(
-                ([projs[f"{layer}/{p}"] for p in paths]
-                 for paths in GRAPH_NODES[target] if all(f"{layer}/{p}" in projs for p in paths)),
-                None,
-            )
-            if nodes is None:
-                raise ModelmakeError(f"graph has no projection node for model.layers.{layer}.{target}")
-            in_f = nodes[0].in_features
-            out_f = sum(p.out_features for p in nodes)
+    after: dict[str, list[onnx.NodeProto]] = {}
+    wanted = set(targets)
+    for layer in range(config["num_hidden_layers"]):
+        for target in targets:  # inputs in the order asked for
+            in_f, out_f = shapes[target]
             a_name, b_name = input_names(layer, target)
-            prefix = f"/lora/layers.{layer}/{target}"
+            rank = rank_dim(layer, target)
             graph.input.extend([
-                helper.make_tensor_value_info(a_name, dtype, [in_f, RANK_DIM]),
-                helper.make_tensor_value_info(b_name, dtype, [RANK_DIM, out_f]),
+                helper.make_tensor_value_info(a_name, dtype, [in_f, rank]),
+                helper.make_tensor_value_info(b_name, dtype, [rank, out_f]),
             ])
-            np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
-            graph.initializer.extend([
+            graph.initializer.extend([  # empty default: no adapter adds exactly zero
                 numpy_helper.from_array(np.zeros((in_f, 0), np_dtype), a_name),
                 numpy_helper.from_array(np.zeros((0, out_f), np_dtype), b_name),
             ])
-            inputs[a_name] = {"shape": [in_f, RANK_DIM], "module": f"model.layers.{layer}.{target}"}
-            inputs[b_name] = {"shape": [RANK_DIM, out_f], "module": f"model.layers.{layer}.{target}"}
-            x = nodes[0].node.input[0]
-            xa = f"{prefix}/XA"
-            new = [helper.make_node("MatMul", [x, a_name], [xa], name=f"{prefix}/A/MatMul")]
-            offset = 0
-            for k, proj in enumerate(nodes):
-                b = b_name
-                if len(nodes) > 1:
+            inputs[a_name] = {"shape": [in_f, rank], "module": f"model.layers.{layer}.{target}"}
+            inputs[b_name] = {"shape": [rank, out_f], "module": f"model.layers.{layer}.{target}"}
+        xa: dict[str, tuple[str, str]] = {}      # module -> (its X, X @ A)
+        slices: dict[str, int] = {}              # module -> B pieces made so far
+        nodes = _layer_nodes(family, projs, layer, wanted)
+        for path in sorted(nodes, key=lambda p: position[projs[p].node.name]):
+            proj, runs = projs[path], _runs(family, config, nodes[path])
+            runs = [r for r in runs if r.module in wanted]
+            width = sum(e - s for s, e in (part_columns(family, config, m, i) for m, i in nodes[path]))
+            if proj.out_features != width or any(shapes[r.module][0] != proj.in_features for r in runs):
+                raise ModelmakeError(
+                    f"graph node {proj.node.name} is [{proj.in_features}, {proj.out_features}], but "
+                    f"{family.architecture}'s config makes {[m for m, _ in nodes[path]]} "
+                    f"[{shapes[runs[0].module][0] if runs else '?'}, {width}]: config and graph disagree"
+                )
+            x, y = proj.node.input[0], proj.node.output[0]
+            new, current = [], y
+            for j, run in enumerate(runs):
+                prefix = f"/lora/layers.{layer}/{run.module}"
+                a_name, b_name = input_names(layer, run.module)
+                if run.module not in xa:
+                    xa[run.module] = (x, f"{prefix}/XA")
+                    new.append(helper.make_node("MatMul", [x, a_name], [f"{prefix}/XA"], name=f"{prefix}/A/MatMul"))
+                elif xa[run.module][0] != x:
+                    raise ModelmakeError(f"graph nodes of model.layers.{layer}.{run.module} read different inputs")
+                k = slices.get(run.module, 0)
+                slices[run.module] = k + 1
+                b, n = b_name, run.end - run.start
+                if n != shapes[run.module][1]:  # this node holds part of the module: slice B's columns
                     b = f"{prefix}/B_{k}"
                     consts = [f"{prefix}/B_{k}/{c}" for c in ("starts", "ends", "axes")]
-                    for cname, val in zip(consts, (offset, offset + proj.out_features, 1)):
+                    for cname, val in zip(consts, (run.start, run.end, 1)):
                         graph.initializer.append(numpy_helper.from_array(np.array([val], np.int64), cname))
                     new.append(helper.make_node("Slice", [b_name, *consts], [b], name=f"{prefix}/B_{k}/Slice"))
-                offset += proj.out_features
-                y = proj.node.output[0]
-                delta, y_new = f"{prefix}/delta_{k}", f"{y}/lora"
+                if n != width:  # the node holds other modules too: zero columns around this one's
+                    pads = f"{prefix}/B_{k}/pads"
+                    graph.initializer.append(numpy_helper.from_array(
+                        np.array([0, run.offset, 0, width - run.offset - n], np.int64), pads))
+                    new.append(helper.make_node("Pad", [b, pads], [f"{b}/padded"], name=f"{prefix}/B_{k}/Pad"))
+                    b = f"{b}/padded"
+                delta = f"{prefix}/delta_{k}"
+                nxt = f"{y}/lora" if j == len(runs) - 1 else f"{y}/lora_{j}"
                 new += [
-                    helper.make_node("MatMul", [xa, b], [delta], name=f"{prefix}/B_{k}/MatMul"),
-                    helper.make_node("Add", [y, delta], [y_new], name=f"{prefix}/Add_{k}"),
+                    helper.make_node("MatMul", [f"{prefix}/XA", b], [delta], name=f"{prefix}/B_{k}/MatMul"),
+                    helper.make_node("Add", [current, delta], [nxt], name=f"{prefix}/Add_{k}"),
                 ]
-                for consumer in consumers.get(y, []):
-                    for i, name in enumerate(consumer.input):
-                        if name == y:
-                            consumer.input[i] = y_new
-            after.setdefault(nodes[-1].node.name, []).extend(new)
+                current = nxt
+            if not runs:
+                continue
+            for consumer in consumers.get(y, []):
+                for i, name in enumerate(consumer.input):
+                    if name == y:
+                        consumer.input[i] = current
+            after[proj.node.name] = new
     ordered = []
-    for node in graph.node:
+    for node in graph.node:  # each branch right after its projection: X and Y are defined there
         ordered.append(node)
         ordered.extend(after.get(node.name, []))
     del graph.node[:]
     graph.node.extend(ordered)
-    return {"dtype": str(helper.tensor_dtype_to_np_dtype(dtype)), "inputs": inputs}
+    return {"dtype": str(np_dtype), "architecture": family.architecture, "inputs": inputs}
 
 
 def lora_spec(model_dir: Path) -> dict:

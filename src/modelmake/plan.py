@@ -283,7 +283,7 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.export.precision in ("int4", "fp32"), "export.precision", f"must be int4 or fp32, got {cfg.export.precision!r}")
     need(cfg.export.execution_provider in ("cpu", "cuda", "dml"), "export.execution_provider",
          f"must be cpu, cuda or dml, got {cfg.export.execution_provider!r}")
-    need(len(cfg.lora.target_modules) > 0, "lora.target_modules", "must name at least one module")
+    _validate_targets(cfg)
     need(bool(cfg.model.trust_remote_code) is False or cfg.model.kind == "pretrained", "model.trust_remote_code",
          "only meaningful for a pretrained model")
     normalize(cfg)
@@ -305,6 +305,38 @@ def validate(cfg: DictConfig) -> None:
         if model.get(f):
             need(model[f] % cfg.quantize.group_size == 0, "quantize.group_size",
                  f"{cfg.quantize.group_size} does not divide the model's {f}={model[f]}")
+
+
+def _validate_targets(cfg: DictConfig) -> None:
+    """LoRA target lists: `auto`, or names of the model family's modules. Checked against the
+    family when the config shows it without loading anything (the tiny Phi-3, a local folder),
+    else against every supported family; finetune and export check the real config again."""
+    from modelmake.families import FAMILIES, all_target_names, family_of_dir, resolve_export_targets, \
+        resolve_lora_targets
+
+    family = None
+    if cfg.model.kind == "tiny":
+        family = FAMILIES["Phi3ForCausalLM"]  # what base_model.build_tiny makes
+    else:
+        src = Path(str(cfg.model.source))
+        full = src if src.is_absolute() else ROOT / src
+        if (full / "config.json").is_file():
+            family = family_of_dir(full)
+    for field_name, resolve in (("lora.target_modules", resolve_lora_targets),
+                                ("export.lora_targets", resolve_export_targets)):
+        value = OmegaConf.select(cfg, field_name)
+        value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        if family is not None:
+            resolve(value, family, field_name)
+        elif isinstance(value, str):
+            if value != "auto":
+                raise ModelmakeError(f"config field '{field_name}': must be 'auto' or a list of module names, got {value!r}")
+        else:
+            bad = [v for v in value or [] if str(v) not in all_target_names()]
+            if bad or not value:
+                raise ModelmakeError(
+                    f"config field '{field_name}': {bad or '[]'} name no module of any supported family "
+                    f"({', '.join(sorted(FAMILIES))}); use 'auto' or their module names")
 
 
 def format_value(v) -> str:

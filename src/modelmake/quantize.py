@@ -18,15 +18,18 @@ from modelmake.awq_fixes import SafeAwqQuantizer
 from modelmake.base_model import model_location
 from modelmake.dataset import read_split
 from modelmake.errors import ModelmakeError
+from modelmake.families import family_for_config, widths
 from modelmake.provenance import dir_size
 
 log = logging.getLogger(__name__)
 
 
 def check_group_size(config, group_size: int) -> None:
-    """Refuse before any work when the group size does not divide every quantized input width."""
-    widths = {"hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size}
-    for name, width in widths.items():
+    """Refuse before any work when the group size does not divide every quantized input width
+    (o_proj reads heads * head_dim, which differs from hidden_size where head_dim is explicit)."""
+    w = widths(config.to_dict())
+    for name, width in (("hidden_size", w["hidden"]), ("intermediate_size", w["inter"]),
+                        ("num_attention_heads * head_dim", w["q"])):
         if width % group_size:
             raise ModelmakeError(
                 f"quantize.group_size={group_size} does not divide the model's {name}={width}"
@@ -54,6 +57,7 @@ def quantize(model_path: str, out: Path, q, texts: list[str], trust_remote_code:
 
     kw = {"revision": revision} if revision else {}
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code, **kw)
+    family_for_config(config.to_dict(), model_path)  # before any work: AutoAWQ and the builder must take it
     check_group_size(config, q.group_size)
     tok = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code, **kw)
     cuda = torch.cuda.is_available()
