@@ -191,12 +191,3 @@ def _cached_hub_config(m) -> dict | None:
     path = try_to_load_from_cache(m.source, "config.json", revision=m.revision)
     return json.loads(Path(path).read_text()) if isinstance(path, str) else None
 
-
-# Architectures both AutoAWQ 0.2.9 and the onnxruntime-genai 0.18 builder take.
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Phi3ForCausalLM", "Qwen2ForCausalLM")
-
-
-def check_architecture(name: str) -> None:
-    if name not in SUPPORTED_ARCHITECTURES:
-        raise ModelmakeError(f"model.source: architecture {name} is not supported by every stage "
-                             f"(AutoAWQ and the onnxruntime-genai builder); supported: {list(SUPPORTED_ARCHITECTURES)}")

@@ -283,14 +283,12 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.export.precision in ("int4", "fp32"), "export.precision", f"must be int4 or fp32, got {cfg.export.precision!r}")
     need(cfg.export.execution_provider in ("cpu", "cuda", "dml"), "export.execution_provider",
          f"must be cpu, cuda or dml, got {cfg.export.execution_provider!r}")
-    _validate_targets(cfg)
     need(bool(cfg.model.trust_remote_code) is False or cfg.model.kind == "pretrained", "model.trust_remote_code",
          "only meaningful for a pretrained model")
     normalize(cfg)
     # the model itself, before any work: found, readable, an architecture every stage supports
     model = model_source.describe(cfg.model)
-    if model:
-        model_source.check_architecture(model["architecture"])
+    _validate_targets(cfg, family_of(model["architecture"]) if model else None)
     if cfg.data.template == CHAT:
         need(model.get("chat_template") is not False, "data.template",
              f"'chat' needs a chat template, and the tokenizer of model '{cfg.model.name}' has none; "
@@ -307,21 +305,18 @@ def validate(cfg: DictConfig) -> None:
                  f"{cfg.quantize.group_size} does not divide the model's {f}={model[f]}")
 
 
-def _validate_targets(cfg: DictConfig) -> None:
-    """LoRA target lists: `auto`, or names of the model family's modules. Checked against the
-    family when the config shows it without loading anything (the tiny Phi-3, a local folder),
-    else against every supported family; finetune and export check the real config again."""
-    from modelmake.families import FAMILIES, all_target_names, family_of_dir, resolve_export_targets, \
-        resolve_lora_targets
+def family_of(architecture: str):
+    from modelmake.families import FAMILIES, family_for_config
 
-    family = None
-    if cfg.model.kind == "tiny":
-        family = FAMILIES["Phi3ForCausalLM"]  # what base_model.build_tiny makes
-    else:
-        src = Path(str(cfg.model.source))
-        full = src if src.is_absolute() else ROOT / src
-        if (full / "config.json").is_file():
-            family = family_of_dir(full)
+    return FAMILIES.get(architecture) or family_for_config({"architectures": [architecture]}, "model.source")
+
+
+def _validate_targets(cfg: DictConfig, family) -> None:
+    """LoRA target lists: `auto`, or names of the model family's modules. Checked against the
+    family when the plan knows it without a download, else against every supported family;
+    finetune and export check the real config again."""
+    from modelmake.families import FAMILIES, all_target_names, resolve_export_targets, resolve_lora_targets
+
     for field_name, resolve in (("lora.target_modules", resolve_lora_targets),
                                 ("export.lora_targets", resolve_export_targets)):
         value = OmegaConf.select(cfg, field_name)
