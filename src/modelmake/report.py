@@ -192,6 +192,8 @@ def markdown(title, points, best, metric, tbls, plots, shared) -> str:
         g = p["generation"]
         out += [f"**{p['label']}** ({g['new_tokens']} tokens, {g['tokens_per_s']:.0f} tokens/s)", "", "```",
                 g["prompt"] + g["completion"], "```", ""]
+        if g.get("base_completion") is not None:
+            out += ["The same prompt, base model (no adapter):", "", "```", g["base_completion"].strip(), "```", ""]
     return "\n".join(out)
 
 
@@ -212,6 +214,8 @@ def html_page(title, points, best, metric, tbls, plots, shared) -> str:
     for p in points:
         g = p["generation"]
         parts.append(f"<p><b>{e(p['label'])}</b> ({g['new_tokens']} tokens)</p><pre>{e(g['prompt'] + g['completion'])}</pre>")
+        if g.get("base_completion") is not None:
+            parts.append(f"<p>The same prompt, base model (no adapter):</p><pre>{e(g['base_completion'].strip())}</pre>")
     return "\n".join(parts)
 
 
