@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import string
 from pathlib import Path
 
@@ -30,29 +31,52 @@ def template_fields(template: str) -> list[str]:
     return fields
 
 
-def read_records(path: Path, fields: list[str]) -> list[dict]:
-    """Records of a JSONL file, each with every template field as a non-empty string."""
+def role_tokens(template: str) -> list[str]:
+    """The template's special tokens (`<|user|>`, `<|end|>`, ...): a record holding one could
+    close its turn early and forge another speaker's."""
+    return sorted(set(re.findall(r"<\|[^|<>\s]+\|>", template)))
+
+
+def _lines(path: Path, errors: list[str]):
+    """(line number, text) of a UTF-8 file as people have it: a leading BOM is dropped, CRLF and LF
+    both end a line; a line that is not UTF-8 is reported with its byte offset in the file."""
+    data = path.read_bytes()
+    offset = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    for lineno, raw in enumerate(data[offset:].split(b"\n"), 1):
+        try:
+            yield lineno, raw.decode("utf-8").removesuffix("\r")
+        except UnicodeDecodeError as e:
+            errors.append(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {offset + e.start} "
+                          f"of the file)")
+        offset += len(raw) + 1
+
+
+def read_records(path: Path, fields: list[str], forbidden: list[str] = ()) -> list[dict]:
+    """Records of a JSONL file, each with every template field as a non-empty string holding none
+    of the `forbidden` strings (the template's role tokens)."""
     if not path.is_file():
         raise ModelmakeError(f"{path}: data file not found")
     records, errors = [], []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue  # blank lines (a trailing newline) are not records
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                errors.append(f"{path}:{lineno}: not valid JSON ({e.msg}, column {e.colno})")
-                continue
-            if not isinstance(rec, dict):
-                errors.append(f"{path}:{lineno}: a record must be a JSON object, got {type(rec).__name__}")
-                continue
-            for name in fields:
-                if name not in rec:
-                    errors.append(f"{path}:{lineno}: field '{name}' is missing (the template needs {fields})")
-                elif not isinstance(rec[name], str) or not rec[name].strip():
-                    errors.append(f"{path}:{lineno}: field '{name}' must be a non-empty string, got {rec[name]!r:.40}")
-            records.append({k: rec.get(k) for k in fields} | {"_line": lineno})
+    for lineno, line in _lines(path, errors):
+        if not line.strip():
+            continue  # blank lines (a trailing newline) are not records
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            errors.append(f"{path}:{lineno}: not valid JSON ({e.msg}, column {e.colno})")
+            continue
+        if not isinstance(rec, dict):
+            errors.append(f"{path}:{lineno}: a record must be a JSON object, got {type(rec).__name__}")
+            continue
+        for name in fields:
+            if name not in rec:
+                errors.append(f"{path}:{lineno}: field '{name}' is missing (the template needs {fields})")
+            elif not isinstance(rec[name], str) or not rec[name].strip():
+                errors.append(f"{path}:{lineno}: field '{name}' must be a non-empty string, got {rec[name]!r:.40}")
+            elif found := [t for t in forbidden if t in rec[name]]:
+                errors.append(f"{path}:{lineno}: field '{name}' holds the template's role token {found[0]!r} "
+                              "(set data.allow_special_tokens=true if that is meant)")
+        records.append({k: rec.get(k) for k in fields} | {"_line": lineno})
     if errors:
         more = f"\n... and {len(errors) - MAX_REPORTED} more" if len(errors) > MAX_REPORTED else ""
         raise ModelmakeError(f"{len(errors)} bad record(s) in {path}:\n" + "\n".join(errors[:MAX_REPORTED]) + more)
@@ -115,6 +139,8 @@ def read_split(dataset_dir: Path, name: str) -> list[dict]:
 
 def build(node, out: Path, cfg) -> dict:
     d = cfg.data
+    if not d.allow_special_tokens:  # a record that forges a turn is refused, file:line:field
+        read_records(Path(d.path), template_fields(d.template), role_tokens(d.template))
     train, evals = prepare(Path(d.path), d.template, d.response_marker, d.eval_fraction, d.seed)
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "eval.jsonl", evals)

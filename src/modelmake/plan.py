@@ -255,6 +255,12 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.export.execution_provider in ("cpu", "cuda", "dml"), "export.execution_provider",
          f"must be cpu, cuda or dml, got {cfg.export.execution_provider!r}")
     need(len(cfg.lora.target_modules) > 0, "lora.target_modules", "must name at least one module")
+    for f in ("train.weight_decay", "train.warmup_steps"):  # torch would fail (or silently ramp) late
+        v = OmegaConf.select(cfg, f)
+        need(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, f, f"must be >= 0, got {v!r}")
+    need(isinstance(cfg.train.warmup_steps, int), "train.warmup_steps",
+         f"must be a whole number of steps, got {cfg.train.warmup_steps!r}")
+    need_runtime(cfg.export.execution_provider)
     need(bool(cfg.model.trust_remote_code) is False or cfg.model.kind == "pretrained", "model.trust_remote_code",
          "only meaningful for a pretrained model")
     if cfg.model.kind == "tiny":
@@ -262,6 +268,25 @@ def validate(cfg: DictConfig) -> None:
         for f in ("hidden_size", "intermediate_size"):
             need(getattr(a, f) % cfg.quantize.group_size == 0, "quantize.group_size",
                  f"{cfg.quantize.group_size} does not divide model.architecture.{f}={getattr(a, f)}")
+
+
+# export.execution_provider -> the onnxruntime provider its graph needs at generate/evaluate time
+PROVIDERS = {"cuda": "CUDAExecutionProvider", "dml": "DmlExecutionProvider"}
+
+
+def need_runtime(provider: str) -> None:
+    """Refuse a provider this machine's onnxruntime cannot run before export is built, not in
+    generate after it (onnxruntime is imported only for a non-CPU provider)."""
+    if provider not in PROVIDERS:
+        return
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    if PROVIDERS[provider] not in available:
+        raise ModelmakeError(
+            f"config field 'export.execution_provider': {provider} needs {PROVIDERS[provider]}, which this "
+            f"onnxruntime ({onnxruntime.__version__}) does not provide (available: {available}); install "
+            "its GPU build (environment.yml) or build on a machine that has it")
 
 
 def format_value(v) -> str:
