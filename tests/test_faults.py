@@ -12,16 +12,15 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import SECRETS, copy_project, nodes, run, snakemake_exe
+from modelmake.faults import built_twice, journal, kill_inside, leftovers, scratch_folders, start
 
 pytestmark = pytest.mark.faults
 
@@ -29,11 +28,6 @@ SEED = 10
 
 
 # --- helpers ----------------------------------------------------------------------------------
-def env_for(project: Path, extra: dict | None = None) -> dict:
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return os.environ | {"PYTHONPATH": str(project / "src"), "PATH": path} | (extra or {})
-
-
 def fresh(project: Path, tmp_path: Path, *delete: str, name: str = "p") -> Path:
     """A copy of the built project without the default point's artifacts of the `delete` stages."""
     p = copy_project(tmp_path / name, built=project)
@@ -41,68 +35,6 @@ def fresh(project: Path, tmp_path: Path, *delete: str, name: str = "p") -> Path:
     for stage in delete:
         shutil.rmtree(point[stage].path)
     return p
-
-
-def start(project: Path, *args: str, log: Path, env: dict | None = None) -> subprocess.Popen:
-    with open(log, "w") as f:
-        return subprocess.Popen(list(args), cwd=project, env=env_for(project, env), stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-
-
-def temporaries(project: Path, stage: str) -> list[Path]:
-    return sorted((project / "artifacts" / stage).glob(".*.tmp-*"))
-
-
-def leftovers(project: Path) -> list[Path]:
-    """Temporary folders, lock files and empty unfinished folders under artifacts/."""
-    out = []
-    for stage in (project / "artifacts").iterdir():
-        for p in stage.iterdir():
-            if p.name.startswith(".") or not (p / "manifest.json").exists():
-                out.append(p)
-    return out
-
-
-def stage_pids(project: Path, stage: str) -> list[int]:
-    """Processes running scripts/<stage>.py in this project copy."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            cwd = os.readlink(proc / "cwd")
-        except OSError:
-            continue
-        if f"scripts/{stage}.py".encode() in cmd and Path(cwd) == project:
-            pids.append(int(proc.name))
-    return pids
-
-
-def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        value = cond()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"the build ended (rc {proc.returncode}) before {what}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    return True
-
-
-def scratch_folders() -> set[Path]:
-    return set(Path(tempfile.gettempdir()).glob("modelmake-scratch-*"))
 
 
 def manifest(node) -> dict:
@@ -132,22 +64,15 @@ def test_kill_9_inside_a_stage_then_a_plain_build_recovers(project, tmp_path, st
     scratch_before = scratch_folders()
 
     # (a) kill -9 of the stage process: its temporary folder stays behind, Snakemake fails
-    build = start(p, "modelmake", "build", "--", "--cores", "2", log=tmp_path / "a.log")
-    pid = wait_for(lambda: temporaries(p, stage) and stage_pids(p, stage), 300, f"{stage} to start", build)[0]
-    time.sleep(rng.uniform(0.05, 0.6) * expected["seconds"])
-    os.kill(pid, signal.SIGKILL)
-    assert build.wait(120) != 0
-    assert temporaries(p, stage), "kill -9 should leave the temporary folder (the fault is real)"
+    seen = kill_inside(p, stage, "stage", ["modelmake", "build", "--", "--cores", "2"], rng, expected["seconds"],
+                       tmp_path / "a.log")
+    assert seen["rc"] != 0 and seen["temporaries"], "kill -9 should leave the temporary folder (the fault is real)"
 
-    # (b) kill -9 of Snakemake (plain snakemake: it takes its own lock) while the stage runs
-    old = set(temporaries(p, stage))
-    sm = start(p, snakemake_exe(), "--cores", "2", log=tmp_path / "b.log")
-    pid = wait_for(lambda: set(temporaries(p, stage)) - old and stage_pids(p, stage), 300, f"{stage} again", sm)[0]
-    time.sleep(rng.uniform(0.05, 0.6) * expected["seconds"])
-    os.kill(sm.pid, signal.SIGKILL)
-    sm.wait(10)
-    wait_for(lambda: gone(pid), 20, "the orphaned stage process to exit")
-    assert (p / ".snakemake" / "locks").is_dir() and any((p / ".snakemake" / "locks").iterdir())
+    # (b) kill -9 of Snakemake (plain snakemake: it takes its own lock) while the stage runs; the
+    # stage process must exit with it (kill_inside waits for that)
+    seen = kill_inside(p, stage, "snakemake", [snakemake_exe(), "--cores", "2"], rng, expected["seconds"],
+                       tmp_path / "b.log")
+    assert any((p / ".snakemake" / "locks").iterdir())  # the dead run's lock: the fault is real
 
     # (c) a plain build: no flag, no --unlock
     r = modelmake(p, "build", "--", "--cores", "2")
@@ -168,8 +93,7 @@ def test_kill_9_inside_a_stage_then_a_plain_build_recovers(project, tmp_path, st
         assert len(versions) == 1
         receipt = json.loads((node.path / "receipt.json").read_text())
         assert receipt["content_sha256"] == json.loads((nodes(project)[stage].path / "receipt.json").read_text())["content_sha256"]
-    journal = [json.loads(x) for x in (p / "logs" / "builds.jsonl").read_text().splitlines()]
-    assert [j["stage"] for j in journal] == [stage]  # only the deleted artifact was built, once
+    assert [j["stage"] for j in journal(p)] == [stage]  # only the deleted artifact was built, once
 
 
 def test_a_stale_snakemake_lock_goes_but_a_live_builds_lock_stays(project, tmp_path):
@@ -200,15 +124,14 @@ def test_a_stale_snakemake_lock_goes_but_a_live_builds_lock_stays(project, tmp_p
 def test_two_concurrent_sweeps_build_each_shared_artifact_once(project, tmp_path):
     p = fresh(project, tmp_path, "quantize", "export")
     versions_before = registry_versions(project)
-    a = start(p, "modelmake", "build", "generate.max_new_tokens=8,9", "--", "--cores", "1", log=tmp_path / "a.log")
-    b = start(p, "modelmake", "build", "generate.max_new_tokens=9,10", "--", "--cores", "1", log=tmp_path / "b.log")
+    a = start(p, ["modelmake", "build", "generate.max_new_tokens=8,9", "--", "--cores", "1"], tmp_path / "a.log")
+    b = start(p, ["modelmake", "build", "generate.max_new_tokens=9,10", "--", "--cores", "1"], tmp_path / "b.log")
     assert a.wait(900) == 0, (tmp_path / "a.log").read_text()[-4000:]
     assert b.wait(900) == 0, (tmp_path / "b.log").read_text()[-4000:]
-    journal = [json.loads(x) for x in (p / "logs" / "builds.jsonl").read_text().splitlines()]
+    assert built_twice(p) == 0, journal(p)
     built = {}
-    for j in journal:
+    for j in journal(p):
         built.setdefault((j["stage"], j["key"]), []).append(j)
-    assert all(len(v) == 1 for v in built.values()), {k: len(v) for k, v in built.items()}
     point = nodes(p, "generate.max_new_tokens=9")
     for stage in ("quantize", "export", "generate"):  # shared by both sweeps
         m = manifest(point[stage])
