@@ -29,11 +29,12 @@ run: install
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-## cold / no-op / incremental timings of the build graph; sweep sharing and decode speed
+## cold / no-op / incremental timings of the build graph; sweep sharing and decode speed; faults survived
 bench: install
 	$(PY) bench/pipeline.py
 	$(PY) bench/sweep.py
 	$(PY) bench/models.py
+	$(PY) bench/faults.py
 
 clean:
 	rm -rf artifacts logs .snakemake searches

@@ -3,7 +3,7 @@ rule adapter:
     input:
         unpack(upstream("adapter")),
     output:
-        manifest=f"{ART}/adapter/{{key}}/manifest.json",
+        manifest=update(f"{ART}/adapter/{{key}}/manifest.json"),
     log:
         "logs/adapter/{key}.log",
     params:

@@ -4,7 +4,7 @@ rule base:
         unpack(upstream("base")),
         corpus=lambda w: [ancient(p) for p in node("base", w).data if Path(p).is_file()],
     output:
-        manifest=f"{ART}/base/{{key}}/manifest.json",
+        manifest=update(f"{ART}/base/{{key}}/manifest.json"),
     log:
         "logs/base/{key}.log",
     params:

@@ -1,7 +1,10 @@
+import os
 import sys
 from pathlib import Path
 
 from modelmake.errors import ModelmakeError
+from modelmake.lifecycle import PARENT_ENV
+from modelmake.locks import recover
 from modelmake.plan import build_plan, compose, stage_command
 
 try:
@@ -10,7 +13,18 @@ except ModelmakeError as e:
     raise WorkflowError(f"modelmake: {e}") from None
 
 ART = compose(PLAN.points[0]).artifacts
+
+# Resume after any crash with no flags: if no other run holds the project lock, what dead runs left
+# (Snakemake's locks and incomplete markers, temporary folders) goes; this run then holds the lock
+# shared for its life. Stages watch this process and die with it (lifecycle.die_with_parent).
+for _left in recover(Path(".snakemake"), Path(ART)):
+    print(f"modelmake: removed {_left} (left by a build that is no longer running)", file=sys.stderr)
+os.environ[PARENT_ENV] = str(os.getpid())
 PY = sys.executable  # the environment snakemake runs in runs the scripts too
+
+# Every rule's outputs are update(): Snakemake otherwise deletes an output that exists when its job
+# starts, i.e. an artifact another concurrent build finished after this run planned it; the stage
+# then waits on the artifact lock and finds it built (stage.run_node).
 
 wildcard_constraints:
     key="[0-9a-f]{12}",
@@ -22,10 +36,22 @@ def node(stage, wildcards):
 
 def upstream(stage):
     """Input function: the manifests of a stage's inputs. ancient(): the key already covers
-    them, so a restored or touched file (dvc pull, a copy) never triggers a rebuild."""
+    them, so a restored or touched file (dvc pull, a copy) never triggers a rebuild. A built
+    artifact needs none: a hole below it (an input's manifest deleted) is rebuilt alone (rule
+    all asks for every artifact) instead of rebuilding everything above it."""
     def inputs(wildcards):
-        return {name: ancient(str(n.manifest)) for name, n in node(stage, wildcards).inputs.items()}
+        n = node(stage, wildcards)
+        if n.manifest.exists():
+            return {}
+        return {name: ancient(str(i.manifest)) for name, i in n.inputs.items()}
     return inputs
+
+
+def report_upstream(wildcards):
+    """The report's inputs (every point's evaluate, finetune, generate), none once it is built."""
+    if PLAN.report.manifest.exists():
+        return {}
+    return {name: ancient(str(n.manifest)) for name, n in PLAN.report.inputs.items()}
 
 
 def command(stage):

@@ -4,7 +4,7 @@ rule dataset:
         unpack(upstream("dataset")),
         data=lambda w: ancient(node("dataset", w).config["data"]["path"]),
     output:
-        manifest=f"{ART}/dataset/{{key}}/manifest.json",
+        manifest=update(f"{ART}/dataset/{{key}}/manifest.json"),
     log:
         "logs/dataset/{key}.log",
     params:

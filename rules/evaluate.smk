@@ -3,7 +3,7 @@ rule evaluate:
     input:
         unpack(upstream("evaluate")),
     output:
-        manifest=f"{ART}/evaluate/{{key}}/manifest.json",
+        manifest=update(f"{ART}/evaluate/{{key}}/manifest.json"),
     log:
         "logs/evaluate/{key}.log",
     params:

@@ -3,7 +3,7 @@ rule export:
     input:
         unpack(upstream("export")),
     output:
-        manifest=f"{ART}/export/{{key}}/manifest.json",
+        manifest=update(f"{ART}/export/{{key}}/manifest.json"),
     log:
         "logs/export/{key}.log",
     params:

@@ -3,7 +3,7 @@ rule finetune:
     input:
         unpack(upstream("finetune")),
     output:
-        manifest=f"{ART}/finetune/{{key}}/manifest.json",
+        manifest=update(f"{ART}/finetune/{{key}}/manifest.json"),
     log:
         "logs/finetune/{key}.log",
     params:

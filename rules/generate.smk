@@ -3,7 +3,7 @@ rule generate:
     input:
         unpack(upstream("generate")),
     output:
-        manifest=f"{ART}/generate/{{key}}/manifest.json",
+        manifest=update(f"{ART}/generate/{{key}}/manifest.json"),
     log:
         "logs/generate/{key}.log",
     params:

@@ -3,7 +3,7 @@ rule quantize:
     input:
         unpack(upstream("quantize")),
     output:
-        manifest=f"{ART}/quantize/{{key}}/manifest.json",
+        manifest=update(f"{ART}/quantize/{{key}}/manifest.json"),
     log:
         "logs/quantize/{key}.log",
     params:

@@ -3,7 +3,7 @@ rule register:
     input:
         unpack(upstream("register")),
     output:
-        manifest=f"{ART}/register/{{key}}/manifest.json",
+        manifest=update(f"{ART}/register/{{key}}/manifest.json"),
     log:
         "logs/register/{key}.log",
     params:

@@ -1,10 +1,10 @@
 # The report over every point of this run or sweep: tables, plots, best point, generations.
 rule report:
     input:
-        unpack(lambda w: {name: ancient(str(n.manifest)) for name, n in PLAN.report.inputs.items()}),
+        unpack(report_upstream),
     output:
-        manifest=f"{ART}/report/{{key}}/manifest.json",
-        html=report(f"{ART}/report/{{key}}/report.html", category="modelmake"),
+        manifest=update(f"{ART}/report/{{key}}/manifest.json"),
+        html=update(report(f"{ART}/report/{{key}}/report.html", category="modelmake")),
     log:
         "logs/report/{key}.log",
     params:

@@ -15,7 +15,12 @@ def options(group):
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_group_option_composes(group, option):
-    cfg = compose((f"{group}={option}",))
+    try:
+        cfg = compose((f"{group}={option}",))
+    except ModelmakeError as e:  # a provider whose runtime is not installed here: refused at plan time
+        if group == "export" and "'export.execution_provider'" in str(e) and "does not provide" in str(e):
+            pytest.skip(str(e))
+        raise
     assert cfg[group] is not None
 
 
@@ -40,6 +45,8 @@ def test_every_config_file_opens_with_a_comment_or_defaults():
     ("quantize.group_size=96", "quantize.group_size"),  # does not divide hidden_size=256
     ("export.precision=int8", "export.precision"),
     ("data.path=data/nope.jsonl", "data.path"),
+    ("train.weight_decay=-1", "train.weight_decay"),   # torch refused it 16 s into finetune
+    ("train.warmup_steps=-5", "train.warmup_steps"),   # was accepted
 ])
 def test_bad_config_is_refused_naming_the_field(override, field):
     with pytest.raises(ModelmakeError) as e:

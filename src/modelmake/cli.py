@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 from modelmake.errors import ModelmakeError
 from modelmake.plan import ROOT, build_plan
-from modelmake.workflow import snakemake_command
+from modelmake.workflow import run_snakemake, snakemake_command
 
 
 def cmd_build(args) -> int:
     build_plan(overrides=args.overrides)  # refuse a bad config before Snakemake starts
-    return subprocess.call(snakemake_command(args.overrides, args.snakemake))
+    return run_snakemake(snakemake_command(args.overrides, args.snakemake))
 
 
 def cmd_plan(args) -> int:
@@ -80,13 +79,14 @@ def cmd_dvc(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from modelmake.provenance import explain, verify
+    from modelmake.provenance import explain, verify_lineage
 
     path = Path(args.artifact)
     if path.name == "manifest.json":
         path = path.parent
     if args.verify:
-        verify(path)
+        n = verify_lineage(path, ROOT)
+        print(f"verified: {n} artifact(s) of the lineage match their manifests", file=sys.stderr)
     print(explain(path, ROOT))
     return 0
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml is stale")
     e = sub.add_parser("explain", help="print how an artifact was made, back to the data")
     e.add_argument("artifact", help="an artifact folder (or its manifest.json)")
-    e.add_argument("--verify", action="store_true", help="first check the files against the manifests")
+    e.add_argument("--verify", action="store_true", help="first check every artifact of the lineage against its manifest")
     s = sub.add_parser("search", help="Optuna search over overrides; objective from the evaluate stage")
     s.add_argument("name", help="a search spec in conf/search/")
     s.add_argument("--trials", type=int, help="finished trials wanted (default: the spec's n_trials)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import string
 from pathlib import Path
 
@@ -30,29 +31,52 @@ def template_fields(template: str) -> list[str]:
     return fields
 
 
-def read_records(path: Path, fields: list[str]) -> list[dict]:
-    """Records of a JSONL file, each with every template field as a non-empty string."""
+def role_tokens(template: str) -> list[str]:
+    """The template's special tokens (`<|user|>`, `<|end|>`, ...): a record holding one could
+    close its turn early and forge another speaker's."""
+    return sorted(set(re.findall(r"<\|[^|<>\s]+\|>", template)))
+
+
+def _lines(path: Path, errors: list[str]):
+    """(line number, text) of a UTF-8 file as people have it: a leading BOM is dropped, CRLF and LF
+    both end a line; a line that is not UTF-8 is reported with its byte offset in the file."""
+    data = path.read_bytes()
+    offset = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    for lineno, raw in enumerate(data[offset:].split(b"\n"), 1):
+        try:
+            yield lineno, raw.decode("utf-8").removesuffix("\r")
+        except UnicodeDecodeError as e:
+            errors.append(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {offset + e.start} "
+                          f"of the file)")
+        offset += len(raw) + 1
+
+
+def read_records(path: Path, fields: list[str], forbidden: list[str] = ()) -> list[dict]:
+    """Records of a JSONL file, each with every template field as a non-empty string holding none
+    of the `forbidden` strings (the template's role tokens)."""
     if not path.is_file():
         raise ModelmakeError(f"{path}: data file not found")
     records, errors = [], []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue  # blank lines (a trailing newline) are not records
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                errors.append(f"{path}:{lineno}: not valid JSON ({e.msg}, column {e.colno})")
-                continue
-            if not isinstance(rec, dict):
-                errors.append(f"{path}:{lineno}: a record must be a JSON object, got {type(rec).__name__}")
-                continue
-            for name in fields:
-                if name not in rec:
-                    errors.append(f"{path}:{lineno}: field '{name}' is missing (the template needs {fields})")
-                elif not isinstance(rec[name], str) or not rec[name].strip():
-                    errors.append(f"{path}:{lineno}: field '{name}' must be a non-empty string, got {rec[name]!r:.40}")
-            records.append({k: rec.get(k) for k in fields} | {"_line": lineno})
+    for lineno, line in _lines(path, errors):
+        if not line.strip():
+            continue  # blank lines (a trailing newline) are not records
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            errors.append(f"{path}:{lineno}: not valid JSON ({e.msg}, column {e.colno})")
+            continue
+        if not isinstance(rec, dict):
+            errors.append(f"{path}:{lineno}: a record must be a JSON object, got {type(rec).__name__}")
+            continue
+        for name in fields:
+            if name not in rec:
+                errors.append(f"{path}:{lineno}: field '{name}' is missing (the template needs {fields})")
+            elif not isinstance(rec[name], str) or not rec[name].strip():
+                errors.append(f"{path}:{lineno}: field '{name}' must be a non-empty string, got {rec[name]!r:.40}")
+            elif found := [t for t in forbidden if t in rec[name]]:
+                errors.append(f"{path}:{lineno}: field '{name}' holds the template's role token {found[0]!r} "
+                              "(set data.allow_special_tokens=true if that is meant)")
+        records.append({k: rec.get(k) for k in fields} | {"_line": lineno})
     if errors:
         more = f"\n... and {len(errors) - MAX_REPORTED} more" if len(errors) > MAX_REPORTED else ""
         raise ModelmakeError(f"{len(errors)} bad record(s) in {path}:\n" + "\n".join(errors[:MAX_REPORTED]) + more)
@@ -140,11 +164,12 @@ def effective_template(d, tok=None) -> tuple[str, str]:
     return chat_template_as_text(tok, d.fields.user, d.fields.assistant, d.get("system"))
 
 
-def prepare(path: Path, template: str, marker: str, eval_fraction: float, seed: int, check=None):
+def prepare(path: Path, template: str, marker: str, eval_fraction: float, seed: int, check=None,
+            forbidden: list[str] = ()):
     fields = template_fields(template)
     if marker and marker not in template:
         raise ModelmakeError(f"data.response_marker {marker!r} does not occur in data.template")
-    records = read_records(path, fields)
+    records = read_records(path, fields, forbidden)
     items = [render(template, marker, r) for r in records]
     if check is not None:
         check(items, records)
@@ -193,7 +218,9 @@ def build(node, out: Path, cfg) -> dict:
         check = lambda items, records: check_chat_rendering(  # noqa: E731
             tok, items, records, d.fields.user, d.fields.assistant, d.get("system"), Path(d.path))
     template, marker = effective_template(d, tok)
-    train, evals = prepare(Path(d.path), template, marker, d.eval_fraction, d.seed, check)
+    # a record that forges a turn (holds one of the template's role tokens) is refused, file:line:field
+    forbidden = [] if d.allow_special_tokens else role_tokens(template)
+    train, evals = prepare(Path(d.path), template, marker, d.eval_fraction, d.seed, check, forbidden)
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "eval.jsonl", evals)
     (out / TEMPLATE_FILE).write_text(json.dumps(

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from modelmake.atomic import scratch_dir
 from modelmake.adapter import ADAPTER_FILE
 from modelmake.awq_fixes import load_awq_model
 from modelmake.base_model import model_location
@@ -196,8 +196,8 @@ def build(node, out: Path, cfg) -> dict:
     if e.speed.enabled:
         ids = tok(records[0]["prompt"], add_special_tokens=False)["input_ids"]
         ort = measure("ort", onnx_dir, adapter_file, ids, e.speed.new_tokens, e.speed.repeats)
-        with tempfile.TemporaryDirectory(prefix="modelmake-eval-") as scratch:
-            dense = Path(scratch) / "dense"
+        with scratch_dir("evaluate") as scratch:
+            dense = scratch / "dense"
             dequantize_checkpoint(qdir, dense)  # the same weights as the int4 graph, dense fp32
             hf = measure("hf", dense, n["finetune"].path / "adapter", ids, e.speed.new_tokens, e.speed.repeats)
         metrics |= {"ort_int4_tokens_per_s": ort["tokens_per_s"], "ort_int4_ttft_s": ort["ttft_s"],

@@ -12,15 +12,16 @@ import json
 import logging
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import onnx
 import torch
 
+from modelmake.atomic import scratch_dir
 from modelmake.awq_fixes import WQLinear_GEMM, dequantized_weight, load_awq_model
 from modelmake.errors import ModelmakeError
 from modelmake.families import family_for_config, resolve_export_targets
+from modelmake.lifecycle import pdeathsig
 from modelmake.provenance import dir_size
 from modelmake.onnx_lora import add_lora_inputs
 
@@ -57,7 +58,7 @@ def run_builder(src: Path, out: Path, e, cache: Path, log_path: Path) -> None:
             cmd.append("nodes_to_exclude=/lm_head/MatMul")
     log.info("builder: %s", " ".join(cmd))
     with log_path.open("w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, preexec_fn=pdeathsig)  # dies with the stage
     if proc.returncode != 0 or not (out / "model.onnx").exists():
         tail = log_path.read_text(errors="replace")[-2000:]
         raise ModelmakeError(f"onnxruntime-genai builder failed (exit {proc.returncode}); log {log_path}:\n{tail}")
@@ -94,8 +95,7 @@ def build(node, out: Path, cfg) -> dict:
     config = json.loads((awq_dir / "config.json").read_text())
     targets = resolve_export_targets(e.lora_targets, family_for_config(config, str(awq_dir / "config.json")))
     num_layers = config["num_hidden_layers"]
-    with tempfile.TemporaryDirectory(prefix="modelmake-export-") as scratch:
-        scratch = Path(scratch)
+    with scratch_dir("export") as scratch:
         src = awq_dir
         if e.precision == "fp32":
             src = scratch / "dense"

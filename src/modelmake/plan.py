@@ -283,6 +283,12 @@ def validate(cfg: DictConfig) -> None:
     need(cfg.export.precision in ("int4", "fp32"), "export.precision", f"must be int4 or fp32, got {cfg.export.precision!r}")
     need(cfg.export.execution_provider in ("cpu", "cuda", "dml"), "export.execution_provider",
          f"must be cpu, cuda or dml, got {cfg.export.execution_provider!r}")
+    for f in ("train.weight_decay", "train.warmup_steps"):  # torch would fail (or silently ramp) late
+        v = OmegaConf.select(cfg, f)
+        need(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, f, f"must be >= 0, got {v!r}")
+    need(isinstance(cfg.train.warmup_steps, int), "train.warmup_steps",
+         f"must be a whole number of steps, got {cfg.train.warmup_steps!r}")
+    need_runtime(cfg.export.execution_provider)
     need(bool(cfg.model.trust_remote_code) is False or cfg.model.kind == "pretrained", "model.trust_remote_code",
          "only meaningful for a pretrained model")
     normalize(cfg)
@@ -332,6 +338,25 @@ def _validate_targets(cfg: DictConfig, family) -> None:
                 raise ModelmakeError(
                     f"config field '{field_name}': {bad or '[]'} name no module of any supported family "
                     f"({', '.join(sorted(FAMILIES))}); use 'auto' or their module names")
+
+
+# export.execution_provider -> the onnxruntime provider its graph needs at generate/evaluate time
+PROVIDERS = {"cuda": "CUDAExecutionProvider", "dml": "DmlExecutionProvider"}
+
+
+def need_runtime(provider: str) -> None:
+    """Refuse a provider this machine's onnxruntime cannot run before export is built, not in
+    generate after it (onnxruntime is imported only for a non-CPU provider)."""
+    if provider not in PROVIDERS:
+        return
+    import onnxruntime
+
+    available = onnxruntime.get_available_providers()
+    if PROVIDERS[provider] not in available:
+        raise ModelmakeError(
+            f"config field 'export.execution_provider': {provider} needs {PROVIDERS[provider]}, which this "
+            f"onnxruntime ({onnxruntime.__version__}) does not provide (available: {available}); install "
+            "its GPU build (environment.yml) or build on a machine that has it")
 
 
 def format_value(v) -> str:

@@ -75,6 +75,25 @@ def lineage(artifact: Path, root: Path) -> list[dict]:
     return out
 
 
+def verify_lineage(artifact: Path, root: Path) -> int:
+    """verify() the artifact and every artifact it was built from, each once; returns how many.
+    Every mismatch of every folder is reported together."""
+    problems, checked = [], 0
+    for entry in lineage(artifact, root):
+        if entry["seen"]:
+            continue
+        m = entry["manifest"]
+        path = Path(artifact) if entry["depth"] == 0 else root / m["path"]
+        checked += 1
+        try:
+            verify(path)
+        except ModelmakeError as e:
+            problems.append(str(e))
+    if problems:
+        raise ModelmakeError("\n".join(problems))
+    return checked
+
+
 def explain(artifact: Path, root: Path) -> str:
     """A readable lineage: stage, key, config, code, data hashes and metrics, back to the data."""
     lines = []

@@ -28,20 +28,31 @@ RECEIPT = "receipt.json"
 
 
 # --- the asset ------------------------------------------------------------------------------
-def _link_or_copy(src: Path, dst: Path) -> None:
+FICLONE = 0x40049409  # Linux ioctl: a copy-on-write clone (btrfs, xfs, ...)
+
+
+def _clone_or_copy(src: Path, dst: Path) -> None:
+    """An independent copy: a registered version must not share an inode with a build output (a
+    hard link did: one flipped byte in export changed every version registered from it). A
+    copy-on-write clone where the file system has them costs no space until one side changes."""
+    import fcntl
+
     dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)  # same bytes, no second copy of a multi-GB model
-    except OSError:
-        shutil.copy2(src, dst)
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        try:
+            fcntl.ioctl(fo.fileno(), FICLONE, fi.fileno())
+            return
+        except OSError:
+            pass
+        shutil.copyfileobj(fi, fo, 1 << 20)
 
 
 def stage_asset(export_dir: Path, adapter_file: Path, adapter_name: str, asset: Path) -> str:
     """Lay out `asset/model/...` and `asset/adapters/<name>.onnx_adapter`; return its content hash."""
     for f in sorted((export_dir / "model").rglob("*")):
         if f.is_file():
-            _link_or_copy(f, asset / "model" / f.relative_to(export_dir / "model"))
-    _link_or_copy(adapter_file, asset / "adapters" / f"{adapter_name}.onnx_adapter")
+            _clone_or_copy(f, asset / "model" / f.relative_to(export_dir / "model"))
+    _clone_or_copy(adapter_file, asset / "adapters" / f"{adapter_name}.onnx_adapter")
     return hashlib.sha256(json.dumps(file_hashes(asset), sort_keys=True).encode()).hexdigest()
 
 

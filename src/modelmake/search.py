@@ -16,7 +16,6 @@ metrics tables of every point, the objective's history) is written next to it.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,13 +120,13 @@ def upstream_of(node) -> list:
 
 def build_point(overrides: list[str], snakemake_args: list[str]) -> tuple[dict, list[str]]:
     """Build one point's evaluate artifact through Snakemake; (its metrics, the stages it had to build)."""
-    from modelmake.workflow import snakemake_command
+    from modelmake.workflow import run_snakemake, snakemake_command
 
     ev = build_plan(overrides=overrides).finals[0]["evaluate"]  # refuses a bad config before Snakemake starts
     missing = sorted({n.stage for n in upstream_of(ev) if not (ROOT / n.manifest).exists()},
                      key=list(STAGES).index)
     if "evaluate" in missing:
-        rc = subprocess.call(snakemake_command(overrides, [*snakemake_args, str(ev.manifest)]), cwd=ROOT)
+        rc = run_snakemake(snakemake_command(overrides, [*snakemake_args, str(ev.manifest)]), cwd=ROOT)
         if rc != 0:
             raise ModelmakeError(f"building {' '.join(overrides) or 'defaults'} failed (snakemake exit {rc})")
     metrics = json.loads((ROOT / ev.path / "metrics.json").read_text())

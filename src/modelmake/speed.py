@@ -17,9 +17,11 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from modelmake.atomic import scratch_dir
+from modelmake.lifecycle import pdeathsig
 
 
 def _one_thread_copy(model_dir: Path, scratch: Path) -> Path:
@@ -38,8 +40,8 @@ def _one_thread_copy(model_dir: Path, scratch: Path) -> Path:
 def run_ort(model_dir: Path, adapter: Path | None, ids: list[int], new_tokens: int, repeats: int) -> dict:
     import onnxruntime_genai as og
 
-    with tempfile.TemporaryDirectory() as scratch:
-        model = og.Model(str(_one_thread_copy(model_dir, Path(scratch))))
+    with scratch_dir("speed") as scratch:
+        model = og.Model(str(_one_thread_copy(model_dir, scratch)))
         adapters = None
         if adapter:
             adapters = og.Adapters(model)
@@ -105,7 +107,7 @@ def measure(engine: str, model: Path, adapter: Path | None, ids: list[int], new_
            "--prompt-ids", ",".join(map(str, ids)), "--new-tokens", str(new_tokens), "--repeats", str(repeats)]
     if adapter:
         cmd += ["--adapter", str(adapter)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=pdeathsig)  # dies with the stage
     if r.returncode != 0:
         raise RuntimeError(f"speed {engine} failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])

@@ -4,6 +4,8 @@ manifest last. Shared by every entry point in scripts/."""
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import json
 import logging
 import os
 import platform
@@ -16,12 +18,15 @@ from typing import Callable
 from omegaconf import DictConfig
 
 from modelmake.atomic import atomic_dir, write_json
-from modelmake.provenance import MANIFEST, file_hashes
+from modelmake.lifecycle import die_with_parent
+from modelmake.locks import exclusive
+from modelmake.provenance import MANIFEST, file_hashes, verify
 from modelmake.errors import ModelmakeError
 from modelmake.plan import Node, plan_for_cfg
 
 log = logging.getLogger("modelmake")
 METRICS = "metrics.json"
+JOURNAL = Path("logs") / "builds.jsonl"  # one line per artifact built: who built what, when
 
 Build = Callable[[Node, Path, DictConfig], dict]
 
@@ -44,15 +49,35 @@ def run_node(node: Node, cfg, build: Build) -> Node:
             f"{stage}: the build graph expects {expected} but this config keys to {node.path}; "
             "the plan is not deterministic (a config or code file changed mid-run?)"
         )
-    if node.manifest.exists() and not os.environ.get("MODELMAKE_FORCE"):
-        log.info("%s: up to date at %s", stage, node.path)
-        return node
+    # One builder per artifact: a second build (another sweep, a search) that needs it waits here,
+    # then finds it built. The lock sits beside the folder, so it never enters the artifact.
+    with exclusive(node.path.parent / f".{node.path.name}.lock"):
+        if node.manifest.exists() and not os.environ.get("MODELMAKE_FORCE"):
+            log.info("%s: up to date at %s", stage, node.path)
+            return node
+        _check_inputs(node)
+        _build(node, cfg, build)
+    return node
+
+
+def _check_inputs(node: Node) -> None:
+    """Every input built and unchanged since its manifest was written (a tampered or truncated
+    file is named, not trained on). Hashing the inputs is cheap next to any stage."""
     for name, inp in node.inputs.items():
         if not inp.manifest.exists():
             raise ModelmakeError(
-                f"{stage}: input '{name}' is not built ({inp.manifest} missing). Build the chain with "
-                f"`snakemake --cores all {inp.manifest}`, or run scripts/{inp.stage}.py with the same overrides."
+                f"{node.stage}: input '{name}' is not built ({inp.manifest} missing). Build the chain with "
+                f"`modelmake build`, or run scripts/{inp.stage}.py with the same overrides."
             )
+        try:
+            verify(inp.path)
+        except ModelmakeError as e:
+            flat = str(e).replace(":\n  ", ": ", 1).replace("\n  ", "; ")  # one line: the folder and its files
+            raise ModelmakeError(f"{node.stage}: refusing input '{name}': {flat}") from None
+
+
+def _build(node: Node, cfg, build: Build) -> None:
+    stage = node.stage
     log.info("%s: building %s", stage, node.path)
     started, t0 = _now(), time.perf_counter()
     with atomic_dir(node.path) as tmp:
@@ -71,7 +96,19 @@ def run_node(node: Node, cfg, build: Build) -> Node:
         }
         write_json(tmp / MANIFEST, manifest)
     log.info("%s: done in %.1f s -> %s", stage, time.perf_counter() - t0, node.path)
-    return node
+    _journal({"stage": stage, "key": node.key, "started": started, "pid": os.getpid(),
+              "host": manifest["host"]})
+
+
+def _journal(entry: dict) -> None:
+    """Append to the build journal (O_APPEND: concurrent builds' lines never interleave), so how
+    often an artifact was built can be counted after the fact; its manifest keeps only the last."""
+    JOURNAL.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        os.write(fd, (json.dumps(entry, sort_keys=True) + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 def peak_rss_bytes() -> int:
@@ -90,8 +127,20 @@ def entry(stage: str, build: Build, cfg: DictConfig) -> None:
 
 def guarded(fn) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    die_with_parent()
     try:
         fn()
     except ModelmakeError as e:
         print(f"modelmake: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:
+        if e.errno not in WRITE_ERRORS:
+            raise
+        # a full disk, a file size limit, a read-only folder: the cause in one line (the temporary
+        # folder is already gone, nothing was counted as built)
+        print(f"modelmake: error: cannot write {e.filename or ''}: {e.strerror} (errno {errno.errorcode[e.errno]})",
+              file=sys.stderr)
+        sys.exit(2)
+
+
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}

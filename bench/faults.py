@@ -1,0 +1,97 @@
+"""Fault benchmark: how builds survive crashes, concurrency and bad input.
+
+    python bench/faults.py [--seed 10] [--stages base,quantize,finetune,export,adapter,register]
+
+In a fresh copy of the project (one cold build of the default chain first), for each stage: a copy
+without that stage's artifact, kill -9 of the stage process at a seeded random point inside the
+stage, then kill -9 of Snakemake inside it, then one plain `modelmake build` (no flag). Then two
+concurrent sweeps sharing quantize and export, and a set of bad data files given to the dataset
+stage. Prints one table: faults injected, survived without a flag, bytes left behind, artifacts
+built twice, bad inputs refused with file:line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import copy_project, nodes, run  # noqa: E402  (the tests' fresh-copy helpers)
+
+from modelmake.faults import built_twice, kill_inside, leftovers, scratch_folders, size, start  # noqa: E402
+from modelmake.workflow import snakemake_exe  # noqa: E402
+
+GOOD = json.dumps({"prompt": "Where to?", "response": "Lisbon."})
+BAD_INPUTS = {  # name -> (bytes, what the refusal must name)
+    "not UTF-8": (GOOD.encode() + b'\n{"prompt": "caf\xe9", "response": "x"}\n', ":2: not UTF-8"),
+    "role tokens": (f'{GOOD}\n{json.dumps({"prompt": "hi<|end|>", "response": "x"})}\n'.encode(), ":2: field 'prompt'"),
+    "not JSON": (f"{GOOD}\n{{oops\n".encode(), ":2: not valid JSON"),
+    "not an object": (f"{GOOD}\n[1, 2]\n".encode(), ":2: a record must be"),
+    "missing field": (f'{GOOD}\n{json.dumps({"prompt": "q"})}\n'.encode(), ":2: field 'response' is missing"),
+    "empty field": (f'{GOOD}\n{json.dumps({"prompt": "q", "response": " "})}\n'.encode(), ":2: field 'response'"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=10)
+    ap.add_argument("--stages", default="base,quantize,finetune,export,adapter,register")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="modelmake-bench-faults-"))
+    rows = []
+    try:
+        built = copy_project(work / "built")
+        r = run(built, snakemake_exe(), "--cores", "2")
+        if r.returncode != 0:
+            sys.exit(f"cold build failed:\n{r.stderr[-3000:]}")
+        scratch0 = scratch_folders()
+        for stage in args.stages.split(","):
+            p = copy_project(work / stage, built=built)
+            seconds = json.loads(nodes(p)[stage].manifest.read_text())["seconds"]
+            shutil.rmtree(nodes(p)[stage].path)
+            if stage == "register":
+                shutil.rmtree(p / "registry", ignore_errors=True)
+            rng = random.Random(f"{args.seed}-{stage}")
+            kill_inside(p, stage, "stage", ["modelmake", "build", "--", "--cores", "2"], rng, seconds, work / "a.log")
+            kill_inside(p, stage, "snakemake", [snakemake_exe(), "--cores", "2"], rng, seconds, work / "b.log")
+            ok = run(p, "modelmake", "build", "--", "--cores", "2").returncode == 0
+            left = leftovers(p)
+            rows.append({"fault": f"kill -9 in {stage} (stage, then snakemake)", "injected": 2, "survived": 2 * ok,
+                         "left_bytes": size(left) + size(scratch_folders() - scratch0), "twice": built_twice(p)})
+
+        p = copy_project(work / "concurrent", built=built)
+        for stage in ("quantize", "export"):
+            shutil.rmtree(nodes(p)[stage].path)
+        procs = [start(p, ["modelmake", "build", f"generate.max_new_tokens={s}", "--", "--cores", "1"], work / f"c{i}.log")
+                 for i, s in enumerate(("8,9", "9,10"))]
+        ok = sum(proc.wait() == 0 for proc in procs)
+        rows.append({"fault": "two concurrent sweeps sharing quantize, export, a generate", "injected": 1,
+                     "survived": int(ok == 2), "left_bytes": size(leftovers(p)), "twice": built_twice(p)})
+
+        refused = 0
+        for name, (data, must) in BAD_INPUTS.items():
+            path = work / f"{name.replace(' ', '_')}.jsonl"
+            path.write_bytes(data)
+            r = run(built, sys.executable, "scripts/dataset.py", f"data.path={path}")
+            refused += r.returncode == 2 and f"{path}{must}" in r.stderr
+    finally:
+        subprocess.run(["rm", "-rf", str(work)])
+    print("\n| fault | injected | survived without a flag | bytes left behind | artifacts built twice |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['fault']} | {r['injected']} | {r['survived']} | {r['left_bytes']} | {r['twice']} |")
+    total = {k: sum(r[k] for r in rows) for k in ("injected", "survived", "left_bytes", "twice")}
+    print(f"| **all** | {total['injected']} | {total['survived']} | {total['left_bytes']} | {total['twice']} |")
+    print(f"\nbad inputs tried: {len(BAD_INPUTS)}, refused naming file:line: {refused} "
+          f"({', '.join(BAD_INPUTS)})")
+
+
+if __name__ == "__main__":
+    main()
