@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from modelmake import awq_fixes
-from modelmake.awq_fixes import (WQLinear_GEMM, AwqQuantizer, SafeAwqQuantizer, dequantized_weight,
-                                 load_awq_model, use_torch_int4_matmul)
+from modelmake.awq_fixes import WQLinear_GEMM, dequantize_gemm, dequantized_weight, load_awq_model, use_torch_int4_matmul
+from modelmake.awq_quantizer import AwqQuantizer, SafeAwqQuantizer
 
 
 def quantized_linear(in_f=128, out_f=64, group=64, seed=0):
@@ -119,3 +119,33 @@ def test_fix4_and_5_loader_needs_no_ipex_and_keeps_scales_fp16(tmp_path):
     ids = torch.tensor([[1, 5, 9, 3]])
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, dense(ids).logits, rtol=1e-3, atol=1e-3)
+
+
+def _quantizer(cls=SafeAwqQuantizer):
+    q = object.__new__(cls)
+    q.w_bit, q.group_size, q.zero_point, q.search_flops = 4, 64, True, {"scale": 0.0, "clip": 0.0}
+    return q
+
+
+def test_fix6_batched_clip_search_finds_upstreams_clip_values():
+    """Same grid, same sampled tokens, same error: the same best clip per group (activations with
+    outlier channels, as real models have), only at GEMM speed; and its FLOPs are counted."""
+    torch.manual_seed(0)
+    w = torch.randn(192, 256) * 0.02
+    x = torch.randn(2, 700, 256)
+    x[..., :4] *= 30
+    q = _quantizer()
+    ours = q._compute_best_clip(w, x)
+    theirs = AwqQuantizer._compute_best_clip(q, w, x)
+    assert ours.shape == theirs.shape == (192, 4, 1)
+    assert torch.equal(ours, theirs)
+    tokens = 1400 // (1400 // 512)
+    assert q.search_flops["clip"] == 11 * 2.0 * tokens * 192 * 256
+
+
+def test_dequantized_weight_is_upstreams_fp16_result_kept_on_the_layer():
+    layer, _ = quantized_linear()
+    first = dequantized_weight(layer)
+    reference = dequantize_gemm(layer.qweight, layer.qzeros, layer.scales, 4, 64).float()
+    assert torch.equal(first, reference)
+    assert "_modelmake_w16" not in layer.state_dict() and layer._modelmake_w16.dtype == torch.float16

@@ -72,7 +72,8 @@ def test_changed_data_file_reruns_what_reads_it(project, tmp_path):
     ("onnx_lora.py", once("export", "adapter", "generate", *TAIL)),
     ("generate.py", once("generate", "register", "report")),
     ("report.py", once("report")),
-    ("awq_fixes.py", once("quantize", "finetune", "export", "adapter", "generate", *TAIL)),
+    ("awq_fixes.py", once("finetune", "export", "adapter", "generate", *TAIL)),  # loading: no re-quantize
+    ("awq_quantizer.py", once("quantize", "finetune", "export", "adapter", "generate", *TAIL)),
 ])
 def test_editing_a_module_reruns_the_stages_that_import_it(project, tmp_path, module, expected):
     edited = copy_project(tmp_path / "p", built=project)

@@ -5,10 +5,11 @@ Few calibration samples and steps, so CI can afford it; the numbers still have t
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
-from conftest import config_args, copy_project, nodes, snakemake
+from conftest import config_args, copy_project, nodes, run, snakemake
 
 # the smollm2 experiment, made cheap: 8 calibration samples without the clip search, 30 steps
 SMOL = ("experiment=smollm2", "quantize.calib_samples=8", "quantize.apply_clip=false", "train.steps=30",
@@ -19,8 +20,8 @@ SMOL = ("experiment=smollm2", "quantize.calib_samples=8", "quantize.apply_clip=f
 def smol(tmp_path_factory):
     project = copy_project(tmp_path_factory.mktemp("smol") / "modelmake")
     point = nodes(project, *SMOL)
-    target = str(point["evaluate"].manifest.relative_to(project))
-    r = snakemake(project, "--cores", "2", target, *config_args(SMOL))  # targets before --config
+    target = [str(point[s].manifest.relative_to(project)) for s in ("evaluate", "generate")]
+    r = snakemake(project, "--cores", "2", *target, *config_args(SMOL))  # targets before --config
     assert r.returncode == 0, r.stderr[-5000:]
     return point
 
@@ -52,3 +53,18 @@ def test_onnx_adapter_perplexity_matches_torch_and_beats_the_awq_base(smol):
 def test_quantize_reports_its_distance_from_the_flop_floor(smol):
     m = metrics(smol["quantize"])
     assert m["search_gflop_scale"] > 0 and m["gemm_gflops"] > 0 and m["search_floor_ratio"] > 1
+
+
+def test_cli_generate_renders_the_chat_prompt_and_streams(smol):
+    project = smol["base"].path.parents[2]
+    r = run(project, sys.executable, "-m", "modelmake.cli", "generate", "--prompt",
+            "What food should I try in Lisbon?", "--max-new-tokens", "12", *SMOL)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() and "tokens/s" in r.stderr
+
+
+def test_generation_shows_the_fine_tuned_answer_beside_the_base_models(smol):
+    g = json.loads((smol["generate"].path / "generation.json").read_text())
+    assert g["completion"].strip() and g["base_completion"].strip()
+    text = (smol["generate"].path / "generation.txt").read_text()
+    assert "[fine-tuned]" in text and "[base model]" in text

@@ -1,7 +1,7 @@
 """The quantize stage: AWQ 4-bit with AutoAWQ into an AWQ GEMM checkpoint.
 
 Calibration samples come from the training split. Group size, zero point, clip search and
-sample counts come from config. AutoAWQ's CPU traps are handled in `awq_fixes`.
+sample counts come from config. AutoAWQ's CPU traps are handled in `awq_quantizer` and `awq_fixes`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from modelmake.awq_fixes import SafeAwqQuantizer
+from modelmake.awq_quantizer import SafeAwqQuantizer
 from modelmake.base_model import model_location
 from modelmake.dataset import read_split
 from modelmake.errors import ModelmakeError
@@ -105,7 +105,7 @@ def gemm_gflops(width: int, dtype: torch.dtype, seconds: float = 1.0) -> float:
 def rtn_quantize_(model, w_bit: int, group_size: int, zero_point: bool) -> None:
     """Round-to-nearest int4 of every decoder linear, in place (weights stay dense, dequantized):
     the baseline AWQ is measured against, with AutoAWQ's own group quantizer and no scaling."""
-    from modelmake.awq_fixes import AwqQuantizer
+    from modelmake.awq_quantizer import AwqQuantizer
 
     q = object.__new__(AwqQuantizer)  # only its quantize-a-tensor math, no calibration state
     q.w_bit, q.group_size, q.zero_point = w_bit, group_size, zero_point
