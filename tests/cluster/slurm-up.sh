@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on this machine for the cluster tests: munge, slurmctld, slurmd.
 #   tests/cluster/slurm-up.sh [STATE_DIR]     (default /tmp/modelmake-slurm; needs root)
-# Prints `export SLURM_CONF=...`; sbatch/squeue/sinfo need that variable (or run them with it).
+# The config goes to /etc/slurm/slurm.conf, the path every SLURM command reads by default:
+# the plugin's job step (snakemake-executor-plugin-slurm-jobstep 0.6.1) drops SLURM_* variables,
+# SLURM_CONF included, before its srun, so a config elsewhere is not found inside jobs. An
+# existing slurm.conf that this script did not write is left alone (exit 3: the tests skip).
 #
 # No slurmdbd/MariaDB: snakemake-executor-plugin-slurm 2.8.0 asks sacct for job states by
 # default, and sacct answers "accounting storage is disabled" without slurmdbd. Its
@@ -21,12 +24,18 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
   apt-get install -y -qq --no-install-recommends slurm-wlm munge >&2 || { echo "slurm-up: apt-get install failed" >&2; exit 3; }
 fi
 
-mkdir -p "$STATE"/{state,spool,log,run}
+CONF=/etc/slurm/slurm.conf
+MARK="# modelmake test cluster (tests/cluster/slurm-up.sh)"
+if [ -e "$CONF" ] && ! head -1 "$CONF" | grep -qxF "$MARK"; then
+  echo "slurm-up: $CONF exists and is not the test cluster's; not touching a real cluster" >&2; exit 3
+fi
+mkdir -p "$STATE"/{state,spool,log,run} /etc/slurm
 HOST=$(hostname -s)
 CPUS=$(nproc)
 # the machine's memory, less 5% for the daemons and the OS
 MEM=$(awk '/MemTotal/ {print int($2/1024*0.95)}' /proc/meminfo)
-cat > "$STATE/slurm.conf" <<CONF
+cat > "$CONF.tmp" <<CONF
+$MARK
 ClusterName=modelmake-test
 SlurmctldHost=$HOST
 SlurmUser=root
@@ -57,11 +66,12 @@ MpiDefault=none
 NodeName=$HOST CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
 PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 CONF
+mv "$CONF.tmp" "$CONF"
 # no GPU partition and no Gres on purpose: the tests check that a GPU request is refused clearly
 
 # munge: the key comes with Debian's package; make one if it is missing
 if [ ! -s /etc/munge/munge.key ]; then
-  mkdir -p /etc/munge && dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=128 status=none
+  mkdir -p /etc/munge && dd if=/dev/urandom of=/etc/munge/munge.key bs=128 count=1 status=none
   chown munge:munge /etc/munge/munge.key 2>/dev/null || true; chmod 400 /etc/munge/munge.key
 fi
 mkdir -p /run/munge /var/log/munge /var/lib/munge
@@ -71,13 +81,12 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
 fi
 for i in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
 
-export SLURM_CONF="$STATE/slurm.conf"
-slurmctld -f "$SLURM_CONF"
-slurmd -f "$SLURM_CONF"
+slurmctld
+slurmd
 # ready = the node is idle in the partition
 for i in $(seq 120); do
   if sinfo -h -p "$PARTITION" -o '%t' 2>/dev/null | grep -qx idle; then
-    echo "export SLURM_CONF=$SLURM_CONF"
+    echo "slurm-up: one node ($HOST, $CPUS CPUs, $MEM MB), partition $PARTITION; state in $STATE" >&2
     exit 0
   fi
   sleep 0.5
