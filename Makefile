@@ -28,10 +28,12 @@ run: install
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-## cold / no-op / incremental timings of the build graph; sweep sharing and decode speed
+## cold / no-op / incremental timings of the build graph; sweep sharing and decode speed;
+## the same build through SLURM (bench/cluster.py starts tests/cluster's one-node SLURM: root)
 bench: install
 	$(PY) bench/pipeline.py
 	$(PY) bench/sweep.py
+	$(PY) bench/cluster.py
 
 clean:
 	rm -rf artifacts logs .snakemake searches
