@@ -23,3 +23,13 @@ def test_unknown_profile_is_refused_with_the_known_ones():
     assert r.returncode == 2
     assert "--profile no_such_profile: no profiles/no_such_profile/config.yaml" in r.stderr
     assert "'slurm'" in r.stderr and "'default'" in r.stderr
+
+
+def test_slurm_profile_jobs_get_the_threads_their_group_asks_for():
+    """`modelmake build --profile slurm` leaves --cores to the profile: with the CLI's usual
+    `--cores all` a cluster job would get at most the submit host's cores."""
+    r = run(REPO, "modelmake", "build", "--profile", "slurm", "resources=gpu_node", "--", "-n", "--forceall")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    quantize = out.split("\nrule quantize:", 1)[1].split("\n\n", 1)[0]
+    assert "threads: 8" in quantize and "gpu=1" in quantize, quantize

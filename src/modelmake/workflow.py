@@ -27,7 +27,9 @@ def snakemake_command(overrides, extra=()) -> list[str]:
     """Snakemake on this project for these Hydra overrides; `extra`: its own arguments and targets."""
     extra = list(extra)
     cmd = [snakemake_exe(), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(ROOT)]
-    if "--cores" not in extra and "-c" not in extra:
+    # a workflow profile (modelmake build --profile) sets its own cores: for cluster jobs too,
+    # Snakemake caps each rule's threads at --cores, and "all" would mean the submit host's
+    if "--cores" not in extra and "-c" not in extra and "--workflow-profile" not in extra:
         cmd += ["--cores", "all"]
     return cmd + config_args(overrides) + extra
 
