@@ -29,12 +29,15 @@ run: install
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-## cold / no-op / incremental timings of the build graph; sweep sharing and decode speed; faults survived
+## cold / no-op / incremental timings of the build graph; sweep sharing and decode speed; the tiny
+## fixture and SmolLM2 side by side; faults survived; the same build through SLURM
+## (bench/cluster.py starts tests/cluster's one-node SLURM: root)
 bench: install
 	$(PY) bench/pipeline.py
 	$(PY) bench/sweep.py
 	$(PY) bench/models.py
 	$(PY) bench/faults.py
+	$(PY) bench/cluster.py
 
 clean:
 	rm -rf artifacts logs .snakemake searches

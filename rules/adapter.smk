@@ -8,6 +8,8 @@ rule adapter:
         "logs/adapter/{key}.log",
     params:
         cmd=command("adapter"),
-    threads: 1
+    threads: stage_threads("adapter")
+    resources:
+        **stage_resources("adapter"),
     shell:
         stage_cmd("adapter")

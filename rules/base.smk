@@ -9,6 +9,8 @@ rule base:
         "logs/base/{key}.log",
     params:
         cmd=command("base"),
-    threads: 2
+    threads: stage_threads("base")
+    resources:
+        **stage_resources("base"),
     shell:
         stage_cmd("base")

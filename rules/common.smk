@@ -13,6 +13,7 @@ except ModelmakeError as e:
     raise WorkflowError(f"modelmake: {e}") from None
 
 ART = compose(PLAN.points[0]).artifacts
+RES = compose(PLAN.points[0]).resources  # conf/resources/: not keyed, so never a rebuild
 
 # Resume after any crash with no flags: if no other run holds the project lock, what dead runs left
 # (Snakemake's locks and incomplete markers, temporary folders) goes; this run then holds the lock
@@ -67,6 +68,25 @@ def stage_cmd(stage):
     return (
         f"MODELMAKE_EXPECT={ART}/{stage}/{{wildcards.key}} {{params.cmd}} threads={{threads}} > {{log}} 2>&1"
     )
+
+
+def stage_threads(stage):
+    return int(RES.stages[stage].threads)
+
+
+def stage_resources(stage):
+    """What a scheduler gives the stage's job (conf/resources/<group>.yaml): memory, wall time
+    and, for stages that want one, GPUs on the GPU partition (the slurm executor reads `gpu`,
+    `gpu_model`, `slurm_partition`; locally they only count against --resources)."""
+    r = RES.stages[stage]
+    out = {"mem_mb": int(r.mem_mb), "runtime": int(r.runtime)}
+    if r.gpu:
+        out["gpu"] = int(r.gpu)
+        if RES.gpu_model:
+            out["gpu_model"] = str(RES.gpu_model)
+        if RES.gpu_partition:
+            out["slurm_partition"] = str(RES.gpu_partition)
+    return out
 
 
 def show_generations(plan):

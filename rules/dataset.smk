@@ -9,6 +9,8 @@ rule dataset:
         "logs/dataset/{key}.log",
     params:
         cmd=command("dataset"),
-    threads: 1
+    threads: stage_threads("dataset")
+    resources:
+        **stage_resources("dataset"),
     shell:
         stage_cmd("dataset")

@@ -8,6 +8,8 @@ rule evaluate:
         "logs/evaluate/{key}.log",
     params:
         cmd=command("evaluate"),
-    threads: 1
+    threads: stage_threads("evaluate")
+    resources:
+        **stage_resources("evaluate"),
     shell:
         stage_cmd("evaluate")

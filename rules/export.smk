@@ -8,6 +8,8 @@ rule export:
         "logs/export/{key}.log",
     params:
         cmd=command("export"),
-    threads: 2
+    threads: stage_threads("export")
+    resources:
+        **stage_resources("export"),
     shell:
         stage_cmd("export")

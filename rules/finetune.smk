@@ -8,6 +8,8 @@ rule finetune:
         "logs/finetune/{key}.log",
     params:
         cmd=command("finetune"),
-    threads: 2
+    threads: stage_threads("finetune")
+    resources:
+        **stage_resources("finetune"),
     shell:
         stage_cmd("finetune")

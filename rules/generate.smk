@@ -8,6 +8,8 @@ rule generate:
         "logs/generate/{key}.log",
     params:
         cmd=command("generate"),
-    threads: 1
+    threads: stage_threads("generate")
+    resources:
+        **stage_resources("generate"),
     shell:
         stage_cmd("generate")

@@ -8,6 +8,8 @@ rule quantize:
         "logs/quantize/{key}.log",
     params:
         cmd=command("quantize"),
-    threads: 2
+    threads: stage_threads("quantize")
+    resources:
+        **stage_resources("quantize"),
     shell:
         stage_cmd("quantize")

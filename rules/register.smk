@@ -8,6 +8,8 @@ rule register:
         "logs/register/{key}.log",
     params:
         cmd=command("register"),
-    threads: 1
+    threads: stage_threads("register")
+    resources:
+        **stage_resources("register"),
     shell:
         stage_cmd("register")

@@ -9,6 +9,8 @@ rule report:
         "logs/report/{key}.log",
     params:
         cmd=lambda w: stage_command(PLAN.report, PY),
-    threads: 1
+    threads: stage_threads("report")
+    resources:
+        **stage_resources("report"),
     shell:
         stage_cmd("report")

@@ -1,6 +1,6 @@
 """`modelmake`: the build graph with Hydra override syntax, and the recipe's try-it step.
 
-  modelmake build [overrides...] [-- snakemake args]   e.g. modelmake build lora.r=8,16
+  modelmake build [--profile slurm] [overrides...] [-- snakemake args]   e.g. modelmake build lora.r=8,16
   modelmake plan  [overrides...]                        keys, paths and what is built
   modelmake generate --prompt "..." [--model DIR] [--adapter FILE] [overrides...]
   modelmake explain ARTIFACT [--verify]                 how it was made, back to the data
@@ -22,7 +22,15 @@ from modelmake.workflow import run_snakemake, snakemake_command
 
 def cmd_build(args) -> int:
     build_plan(overrides=args.overrides)  # refuse a bad config before Snakemake starts
-    return run_snakemake(snakemake_command(args.overrides, args.snakemake))
+    extra = list(args.snakemake)
+    if args.profile:
+        # a workflow profile replaces profiles/default (which is why profiles/slurm repeats its settings)
+        profile = ROOT / "profiles" / args.profile
+        if not (profile / "config.yaml").is_file():
+            known = sorted(p.name for p in (ROOT / "profiles").iterdir() if (p / "config.yaml").is_file())
+            raise ModelmakeError(f"--profile {args.profile}: no {profile.relative_to(ROOT)}/config.yaml (known: {known})")
+        extra = ["--workflow-profile", str(profile)] + extra
+    return run_snakemake(snakemake_command(args.overrides, extra))
 
 
 def cmd_plan(args) -> int:
@@ -109,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build the default target (a sweep with comma lists)")
+    b.add_argument("--profile", help="a profile in profiles/ (e.g. slurm): where and how jobs run")
     b.add_argument("overrides", nargs="*")
     p = sub.add_parser("plan", help="print keys and paths of every artifact")
     p.add_argument("overrides", nargs="*")

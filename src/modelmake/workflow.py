@@ -33,7 +33,9 @@ def snakemake_command(overrides, extra=()) -> list[str]:
     own lock in the stage runner (stage.run_node), which Snakemake's whole-run lock would forbid."""
     extra = list(extra)
     cmd = [snakemake_exe(), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(ROOT), "--nolock"]
-    if "--cores" not in extra and "-c" not in extra:
+    # a workflow profile (modelmake build --profile) sets its own cores: for cluster jobs too,
+    # Snakemake caps each rule's threads at --cores, and "all" would mean the submit host's
+    if "--cores" not in extra and "-c" not in extra and "--workflow-profile" not in extra:
         cmd += ["--cores", "all"]
     return cmd + extra + config_args(overrides)
 

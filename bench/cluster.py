@@ -1,0 +1,96 @@
+"""Cluster benchmark: the default build through SLURM vs locally, and what a sweep sends.
+
+    python bench/cluster.py [--ranks 4,8,16]      (root: it starts tests/cluster's one-node SLURM)
+
+In fresh copies of the project (nothing cached), on this machine:
+- local: `snakemake --cores 2` (profiles/default), wall time TL;
+- SLURM: `modelmake build --profile slurm` (profiles/slurm), one sbatch per stage, wall time TS;
+- the scheduler's overhead per job: (TS - TL) / jobs, next to each build's own overhead over
+  the stages' compute (their manifests' `seconds`). Target (issue 9): under 5 s a job on one node;
+- the jobs a 3-point LoRA sweep sends to SLURM (Snakemake's dry run through the profile), from
+  nothing and after the default build.
+A cluster already running (sinfo answers) is used as it is; one started here is stopped after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import copy_project, run, snakemake  # noqa: E402  (the tests' fresh-copy helpers)
+
+from modelmake.report import markdown_tables  # noqa: E402
+from modelmake.workflow import config_args, parse_jobs  # noqa: E402
+
+SUBMITTED = re.compile(r"has been submitted with SLURM jobid \d+")
+SWEEP_RULES = ("base", "dataset", "quantize", "export", "finetune", "adapter", "generate", "evaluate")
+
+
+def timed(project: Path, *args: str) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    r = run(project, *args, timeout=3600)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed:\n{r.stderr[-3000:]}")
+    return dt, r.stdout + r.stderr
+
+
+def stage_seconds(project: Path) -> tuple[float, int]:
+    manifests = list((project / "artifacts").glob("*/*/manifest.json"))
+    return sum(json.loads(p.read_text())["seconds"] for p in manifests), len(manifests)
+
+
+def sweep_jobs(project: Path, ranks: str) -> dict[str, int]:
+    r = snakemake(project, "-n", "--workflow-profile", "profiles/slurm", *config_args([f"lora.r={ranks}"]))
+    if r.returncode != 0:
+        sys.exit(f"sweep dry run failed:\n{r.stderr[-3000:]}")
+    return parse_jobs(r.stdout + r.stderr)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ranks", default="4,8,16")
+    args = ap.parse_args()
+    up = None
+    if subprocess.run(["sinfo", "-h"], capture_output=True).returncode != 0:
+        up = Path(tempfile.mkdtemp(prefix="modelmake-slurm-"))
+        r = subprocess.run(["bash", str(REPO / "tests/cluster/slurm-up.sh"), str(up)], capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"cannot start the test cluster:\n{r.stderr[-2000:]}")
+    work = Path(tempfile.mkdtemp(prefix="modelmake-bench-"))
+    try:
+        local = copy_project(work / "local")
+        tl, _ = timed(local, sys.executable, "-m", "snakemake", "--cores", "2")
+        cl, nl = stage_seconds(local)
+        slurm = copy_project(work / "slurm")
+        cold = sweep_jobs(slurm, args.ranks)
+        ts, out = timed(slurm, "modelmake", "build", "--profile", "slurm")
+        cs, ns = stage_seconds(slurm)
+        jobs = len(SUBMITTED.findall(out))
+        warm = sweep_jobs(slurm, args.ranks)
+    finally:
+        if up is not None:
+            subprocess.run(["bash", str(REPO / "tests/cluster/slurm-down.sh"), str(up)], capture_output=True)
+    per_job = (ts - tl) / jobs
+    rows = [
+        ["default build, local (`snakemake --cores 2`)", f"{tl:.1f} s", f"{nl} stages, their own compute {cl:.1f} s"],
+        ["default build, SLURM (`modelmake build --profile slurm`)", f"{ts:.1f} s",
+         f"{jobs} sbatch jobs, their own compute {cs:.1f} s; {ts / tl:.2f}x local"],
+        ["scheduler overhead per job: (SLURM - local) / jobs", f"{per_job:.1f} s",
+         f"target < 5 s; build overhead over compute: local {(tl - cl) / nl:.1f} s, SLURM {(ts - cs) / ns:.1f} s a job"],
+    ]
+    for label, jobs_ in ((f"sweep lora.r={args.ranks} from nothing", cold), (f"sweep lora.r={args.ranks} after the default build", warm)):
+        rows.append([label, ", ".join(f"{r} {jobs_.get(r, 0)}" for r in SWEEP_RULES), "SLURM jobs (dry run through profiles/slurm)"])
+    print("\n".join(markdown_tables([("SLURM (one node, this machine) vs local", ["measure", "value", "against"], rows)])))
+
+
+if __name__ == "__main__":
+    main()
