@@ -161,7 +161,7 @@ def test_a_full_disk_is_a_clear_error_and_the_next_build_succeeds(project, tmp_p
     r = run(p, "bash", "-c", "ulimit -f 1024 && exec modelmake build -- --cores 2")
     assert r.returncode != 0
     last = r.stderr.strip().splitlines()[-2:]
-    assert last[0].startswith("modelmake: quantize failed: cannot write") and "File too large" in last[0], last
+    assert last[0].startswith("modelmake: quantize failed: ") and "File too large" in last[0], last
     assert last[1].strip().startswith("log: logs/quantize/")
     assert not leftovers(p)
     r = modelmake(p, "build", "--", "--cores", "2")
@@ -190,13 +190,15 @@ def read_only(folder: Path):
 
 def test_a_read_only_artifacts_folder_is_a_clear_error_and_the_next_build_succeeds(project, tmp_path):
     p = fresh(project, tmp_path, "adapter")
-    with read_only(p / "artifacts" / "adapter"):
+    nodes(p)["adapter"].path.mkdir()  # the folder Snakemake would make first (a read-only one stops Snakemake)
+    with read_only(p / "artifacts"):
         r = modelmake(p, "build", "--", "--cores", "2")
     assert r.returncode != 0
     last = r.stderr.strip().splitlines()[-2:]
-    assert last[0].startswith("modelmake: adapter failed: cannot write") and "Read-only file system" in last[0] or \
-        "Permission denied" in last[0], last
-    assert not nodes(p)["adapter"].manifest.exists() and not leftovers(p)
+    assert last[0].startswith("modelmake: adapter failed: cannot write"), last
+    assert "Read-only file system" in last[0] or "Permission denied" in last[0], last
+    assert not nodes(p)["adapter"].manifest.exists()
+    assert not [x for x in leftovers(p) if x.name.startswith(".")]  # no temporary folder, no lock file
     r = modelmake(p, "build", "--", "--cores", "2")
     assert r.returncode == 0, r.stderr[-3000:]
     assert nodes(p)["adapter"].manifest.exists()
@@ -255,7 +257,7 @@ def test_search_builds_trials_that_are_not_built(project, tmp_path):
 
 # --- 7: integrity along the lineage ------------------------------------------------------------
 def test_tampering_is_caught_along_the_lineage_and_registered_versions_are_copies(project, tmp_path):
-    p = fresh(project, tmp_path, "adapter")
+    p = fresh(project, tmp_path)
     point = nodes(p)
     onnx = point["export"].path / "model" / "model.onnx"
     asset = point["register"].path / "asset" / "model" / "model.onnx"
@@ -271,6 +273,7 @@ def test_tampering_is_caught_along_the_lineage_and_registered_versions_are_copie
     r = modelmake(p, "explain", str(point["register"].path.relative_to(p)), "--verify")
     assert r.returncode == 2 and f"{point['export'].path.relative_to(p)}: does not match its manifest" in r.stderr
     assert "model/model.onnx: content changed" in r.stderr
+    shutil.rmtree(point["adapter"].path)
     r = modelmake(p, "build", "--", "--cores", "1")  # the adapter must not be built on the tampered graph
     assert r.returncode != 0
     assert "modelmake: adapter failed: adapter: refusing input 'export'" in r.stderr
@@ -361,3 +364,37 @@ def test_secrets_in_the_environment_reach_no_artifact_log_or_registry(project):
             data = f.read_bytes()
             hits += [f"{f.relative_to(project)}: {k}" for k, v in SECRETS.items() if v.encode() in data]
     assert not hits
+
+
+# --- the locks themselves, without a build ---------------------------------------------------
+def test_a_folder_being_written_is_never_swept_but_a_dead_writers_is(tmp_path):
+    from modelmake.locks import sweep
+
+    artifacts = tmp_path / "artifacts"
+    (artifacts / "finetune").mkdir(parents=True)
+    writer = ("import sys, time; from modelmake.atomic import atomic_dir\n"
+              "with atomic_dir(sys.argv[1]) as tmp:\n"
+              "    (tmp / 'half.bin').write_bytes(b'x' * 1000); print(tmp, flush=True); time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", writer, str(artifacts / "finetune" / "k")], stdout=subprocess.PIPE,
+                            text=True, env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    tmp = Path(proc.stdout.readline().strip())
+    assert tmp.is_dir() and sweep(artifacts) == [] and tmp.is_dir()  # a live writer's folder stays
+    proc.kill()
+    proc.wait()
+    assert tmp.is_dir()  # kill -9: nothing ran on the way out
+    assert sweep(artifacts) == [tmp] and not tmp.exists()
+
+
+def test_two_processes_building_one_artifact_build_it_once(tmp_path):
+    """The same dataset stage started twice at once (as two builds would): one builds, the other
+    waits on the artifact lock and finds it built."""
+    p = copy_project(tmp_path / "p")
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}?", "response": f"a{i}."}) + "\n" for i in range(40)))
+    procs = [start(p, [sys.executable, "scripts/dataset.py", f"data.path={data}"], tmp_path / f"{i}.log")
+             for i in range(2)]
+    assert [proc.wait(300) for proc in procs] == [0, 0]
+    assert [j["stage"] for j in journal(p)] == ["dataset"]
+    logs = [(tmp_path / f"{i}.log").read_text() for i in range(2)]
+    assert sum("dataset: up to date" in log for log in logs) == 1
+    assert not leftovers(p)
