@@ -109,7 +109,7 @@ def test_a_stale_snakemake_lock_goes_but_a_live_builds_lock_stays(project, tmp_p
     try:
         assert holder.stdout.readline().strip() == "held"  # a live build, as far as the lock says
         r = run(p, snakemake_exe(), "--cores", "1")
-        assert r.returncode != 0 and "LockException" in r.stdout + r.stderr  # a live build's lock is kept
+        assert r.returncode != 0 and "Directory cannot be locked" in r.stdout + r.stderr  # a live build's lock is kept
         assert (locks / "0.output.lock").exists()
     finally:
         holder.kill()
@@ -122,8 +122,7 @@ def test_a_stale_snakemake_lock_goes_but_a_live_builds_lock_stays(project, tmp_p
 
 # --- 3: concurrent builds share artifacts, each built once -------------------------------------
 def test_two_concurrent_sweeps_build_each_shared_artifact_once(project, tmp_path):
-    p = fresh(project, tmp_path, "quantize", "export")
-    versions_before = registry_versions(project)
+    p = fresh(project, tmp_path, "quantize", "export")  # (the copy has no registry: a fresh one)
     a = start(p, ["modelmake", "build", "generate.max_new_tokens=8,9", "--", "--cores", "1"], tmp_path / "a.log")
     b = start(p, ["modelmake", "build", "generate.max_new_tokens=9,10", "--", "--cores", "1"], tmp_path / "b.log")
     assert a.wait(900) == 0, (tmp_path / "a.log").read_text()[-4000:]
@@ -142,7 +141,7 @@ def test_two_concurrent_sweeps_build_each_shared_artifact_once(project, tmp_path
     receipts = [json.loads((nodes(p, f"generate.max_new_tokens={n}")["register"].path / "receipt.json").read_text())
                 for n in (8, 9, 10)]
     assert len({r["version"] for r in receipts}) == 1
-    assert registry_versions(p) == versions_before
+    assert registry_versions(p) == 1
 
 
 def registry_versions(project: Path) -> int:
