@@ -176,7 +176,7 @@ def tampered(default, tmp_path, edit):
 
     src = default["finetune"].path / "adapter"
     dst = tmp_path / "adapter"
-    shutil.copytree(src, dst)
+    shutil.copytree(src, dst, copy_function=shutil.copyfile)  # copyfile: not the artifact's read-only mode
     tensors = load_file(dst / "adapter_model.safetensors")
     cfg = json.loads((dst / "adapter_config.json").read_text())
     tensors, cfg = edit(tensors, cfg)

@@ -60,6 +60,8 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            final.rmdir()  # the empty folder Snakemake makes for its output (never a finished one)
         raise
     finally:
         os.close(fd)

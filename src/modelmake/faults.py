@@ -85,7 +85,7 @@ def gone(pid: int) -> bool:
     return True
 
 
-def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None):
+def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None, poll: float = 0.05):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         value = cond()
@@ -93,7 +93,7 @@ def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = No
             return value
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"the build ended (rc {proc.returncode}) before {what}")
-        time.sleep(0.05)
+        time.sleep(poll)
     raise RuntimeError(f"timed out waiting for {what}")
 
 
@@ -104,9 +104,10 @@ def kill_inside(project: Path, stage: str, victim: str, args: list[str], rng: ra
     process) or "snakemake" (the build's own process, args[0]). Returns what was seen."""
     old = temporaries(project, stage)
     build = start(project, args, log)
-    pid = wait_for(lambda: temporaries(project, stage) - old and stage_pids(project, stage), 600,
-                   f"{stage} to start", build)[0]
-    time.sleep(rng.uniform(0.05, 0.6) * seconds)
+    pid = wait_for(lambda: stage_pids(project, stage), 600, f"{stage} to start", build)[0]
+    # then a tight poll (a few ms) for its temporary folder: a stage's build can take 0.1 s
+    wait_for(lambda: temporaries(project, stage) - old, 600, f"{stage} to write", build, poll=0.002)
+    time.sleep(rng.uniform(0.0, 0.5) * seconds)
     os.kill(pid if victim == "stage" else build.pid, signal.SIGKILL)
     rc = build.wait(120)
     if victim == "snakemake":  # the stage must not run on, orphaned

@@ -9,6 +9,7 @@ as `adapter_config.json` + `adapter_model.safetensors`.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import time
@@ -160,4 +161,15 @@ def build(node, out: Path, cfg) -> dict:
     eval_ex = encode(tok, read_split(ddir, "eval"), t.max_seq_len)
     metrics = train(model, train_ex, eval_ex, t, pad_id, out / "train_log.csv")
     model.save_pretrained(out / "adapter", safe_serialization=True)
+    sort_target_modules(out / "adapter" / "adapter_config.json")
     return metrics | {"trainable_parameters": trainable}
+
+
+def sort_target_modules(path: Path) -> None:
+    """peft writes `target_modules` from a set, in an order that follows the process's string hash
+    seed: two builds of one key differed in this file alone (found by the fault suite). Sorted, the
+    artifact is reproducible byte for byte."""
+    cfg = json.loads(path.read_text())
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")

@@ -80,9 +80,9 @@ class MlflowRegistry:
         self.tracking_uri = tracking_uri
         self.artifact_root = Path(artifact_root).resolve().as_uri()
         self.experiment = experiment
-        self.lock_path = None
+        self.lock_path = self.db = None
         if tracking_uri.startswith("sqlite:///"):
-            db = Path(tracking_uri[len("sqlite:///"):])
+            db = self.db = Path(tracking_uri[len("sqlite:///"):])
             db.parent.mkdir(parents=True, exist_ok=True)
             # one registration at a time: parallel sweep jobs otherwise race on the schema and names
             self.lock_path = db.with_name(db.name + ".lock")
@@ -103,6 +103,7 @@ class MlflowRegistry:
 
         try:
             with FileLock(self.lock_path, timeout=600) if self.lock_path else nullcontext():
+                self._create_db()
                 return self._register(name, version, description, tags, asset, digest)
         except ModelmakeError:
             raise
@@ -110,6 +111,21 @@ class MlflowRegistry:
             raise ModelmakeError(f"registry {self.tracking_uri}: {e.message.splitlines()[0]}") from None
         except Exception as e:  # the store's own errors (sqlalchemy, OS): one clear line, no receipt
             raise ModelmakeError(f"registry {self.tracking_uri}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+    def _create_db(self) -> None:
+        """A new SQLite registry is created aside and renamed into place with every table: a kill -9
+        during MLflow's table creation left a half-made database that refused every later
+        registration ("table webhooks already exists"). Called under the registry lock."""
+        if self.db is None or self.db.exists():
+            return
+        from mlflow.tracking import MlflowClient
+
+        for stale in self.db.parent.glob(f".{self.db.name}.tmp-*"):  # a killed creation's
+            stale.unlink()
+        tmp = self.db.with_name(f".{self.db.name}.tmp-{os.getpid()}")
+        uri = f"sqlite:///{tmp}"
+        MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models()  # creates the tables
+        os.replace(tmp, self.db)
 
     def _register(self, name, version, description, tags, asset, digest) -> dict:
         from mlflow.exceptions import MlflowException

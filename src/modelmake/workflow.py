@@ -60,7 +60,14 @@ def reason(log: Path, max_lines: int = 6) -> str:
     for i in range(len(lines) - 1, -1, -1):
         if lines[i].startswith("modelmake: error: "):
             return "\n".join([lines[i][len("modelmake: error: "):], *lines[i + 1:i + max_lines]])
+    # an unexpected exception: its traceback's last line (Hydra prints a hint after it)
+    for line in reversed(lines):
+        if EXCEPTION_LINE.match(line):
+            return line
     return lines[-1] if lines else "(empty log)"
+
+
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
 
 
 def run_snakemake(cmd: list[str], cwd: Path = ROOT) -> int:
