@@ -1,7 +1,7 @@
 """The tiny fixture and a real model, side by side: per-stage time and peak memory, the AWQ
 search against its FLOP floor, and the int4 LoRA step against an fp32 LoRA baseline.
 
-    python bench/models.py [--cores 2] [--tiny-only]
+    python bench/models.py [--cores 2] [--tiny-only] [--project DIR]
 
 Builds, cold, in a fresh copy of the project: the default chain (tiny Phi-3) and
 `experiment=smollm2` (SmolLM2-135M-Instruct), then prints:
@@ -77,8 +77,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cores", default="2")
     ap.add_argument("--tiny-only", action="store_true", help="skip SmolLM2 (a cold build takes minutes)")
+    ap.add_argument("--project", type=Path, help="a copy of the project to build in (what it has built is "
+                    "reused, so its wall times are then not cold); default: a fresh copy")
     args = ap.parse_args()
-    project = copy_project(Path(tempfile.mkdtemp(prefix="modelmake-bench-")) / "modelmake")
+    project = args.project or copy_project(Path(tempfile.mkdtemp(prefix="modelmake-bench-")) / "modelmake")
     models = {k: v for k, v in MODELS.items() if not (args.tiny_only and v)}
     results = {}
     for name, overrides in models.items():
