@@ -28,6 +28,15 @@ def test_checked_in_dvc_yaml_is_current():
     assert dvcgen.is_current(), "dvc.yaml is stale: run `modelmake dvc` (and rebuild + `dvc commit` for dvc.lock)"
 
 
+def test_dvc_yaml_names_only_files_of_the_checkout():
+    """A clone elsewhere (CI checks out under another path, with its own venv) must find
+    dvc.yaml current: no absolute path, nothing from site-packages."""
+    for name, stage in yaml.safe_load(dvcgen.render())["stages"].items():
+        for dep in stage["deps"]:
+            assert not Path(dep).is_absolute() and ".venv" not in dep, f"{name}: {dep}"
+            assert dep.startswith("artifacts/") or (REPO / dep).is_file(), f"{name}: {dep}"
+
+
 def test_checked_in_dvc_lock_covers_exactly_the_stages_of_dvc_yaml():
     lock = REPO / "dvc.lock"
     if not lock.exists():

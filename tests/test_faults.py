@@ -392,10 +392,10 @@ def test_a_folder_being_written_is_never_swept_but_a_dead_writers_is(tmp_path):
     assert sweep(artifacts) == [tmp] and not tmp.exists()
 
 
-def test_two_processes_building_one_artifact_build_it_once(tmp_path):
+def test_two_processes_building_one_artifact_build_it_once(project, tmp_path):
     """The same dataset stage started twice at once (as two builds would): one builds, the other
-    waits on the artifact lock and finds it built."""
-    p = copy_project(tmp_path / "p")
+    waits on the artifact lock and finds it built. (The dataset reads the built base's tokenizer.)"""
+    p = copy_project(tmp_path / "p", built=project)
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"q{i}?", "response": f"a{i}."}) + "\n" for i in range(40)))
     procs = [start(p, [sys.executable, "scripts/dataset.py", f"data.path={data}"], tmp_path / f"{i}.log")

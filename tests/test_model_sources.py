@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from conftest import parse_jobs, run, snakemake
+from modelmake import model_source
 from modelmake.errors import ModelmakeError
 from modelmake.plan import build_plan, compose
 
@@ -87,7 +88,8 @@ def test_pickle_only_or_missing_folder_is_refused(folder, tmp_path):
         build_plan(overrides=["model=phi35_mini", f"model.source={tmp_path / 'absent'}"])
 
 
-def test_hub_id_needs_a_revision_and_a_branch_is_warned_about(caplog):
+def test_hub_id_needs_a_revision_and_a_branch_is_warned_about(caplog, monkeypatch):
+    monkeypatch.setattr(model_source, "_warned", set())  # warned once per process: another test may have
     with pytest.raises(ModelmakeError, match="model.revision"):
         build_plan(overrides=["model=phi35_mini", "model.revision=null"])
     with caplog.at_level(logging.WARNING):

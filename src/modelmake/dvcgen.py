@@ -10,6 +10,7 @@ of each stage are DVC `metrics:` / `plots:`.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import yaml
@@ -40,9 +41,18 @@ def rel(path: Path | str) -> str:
     return str(path.relative_to(ROOT)) if path.is_absolute() else str(path)
 
 
+def _in_project(path: str) -> bool:
+    """A file of this checkout, not of the environment: a model a package ships (the GGUF in
+    site-packages) is keyed by its sha256 already, so its stage name changes with it; its path
+    would make dvc.yaml differ per install."""
+    full = (ROOT / path).resolve()
+    return (full.is_file() and full.is_relative_to(ROOT.resolve())
+            and not full.is_relative_to(Path(sys.prefix).resolve()))
+
+
 def stage_entry(node: Node) -> dict:
     deps = [rel(p) for p in node.code["files"]]
-    deps += [p for p in node.data if (ROOT / p).is_file() or Path(p).is_file()]
+    deps += [rel(p) if Path(p).is_relative_to(ROOT) else p for p in node.data if _in_project(p)]
     deps += [str(n.path) for n in node.inputs.values()]
     return {"cmd": stage_command(node), "deps": sorted(set(deps)), "outs": [str(node.path)]}
 

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from modelmake.errors import ModelmakeError
+from modelmake.families import family_for_config
 from modelmake.hashcache import fact, file_sha256
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ def _check_folder(folder: Path, field: str = "model.source") -> dict:
         config = json.loads(cfg_path.read_text())
     except (OSError, ValueError) as e:
         raise ModelmakeError(f"{field}: {cfg_path} is not readable JSON ({e})") from None
+    family_for_config(config, f"{field}: {cfg_path}")  # an unsupported model: say so before anything else
     if not list(folder.glob("*.safetensors")):
         pickles = [p.name for p in folder.glob("*.bin")]
         why = f" (found {pickles[:3]}: pickle weights are refused, safetensors only)" if pickles else ""
