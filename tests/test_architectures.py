@@ -28,7 +28,7 @@ from modelmake.export import add_lora, dequantize_checkpoint
 from modelmake.families import FAMILIES, family_for_config
 from modelmake.onnx_lora import write_adapter
 from modelmake.workflow import config_args
-from test_parity import adapters_on, og_greedy, prompts, torch_greedy
+from test_parity import adapters_on, fp32_logit_gap, og_greedy, prompts, torch_greedy
 from test_parity import torch_model as awq_lora_model
 
 og = pytest.importorskip("onnxruntime_genai")
@@ -211,17 +211,7 @@ def check_greedy(model, tok, graph, ad, name, point, tol):
 def test_fp32_export_with_adapter_matches_torch_peft_logits(built, arch):
     point = built["fp32"][arch]
     assert json.loads((point["export"].path / "model" / "lora_inputs.json").read_text())["architecture"] == arch
-    model, tok = torch_model(point)
-    graph = og.Model(str(point["export"].path / "model"))
-    ad = adapters_on(graph, a=point["adapter"].path / ADAPTER_FILE)
-    worst = 0.0
-    for text in prompts(point):
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        ref_tokens, ref_logits = torch_greedy(model, ids, STEPS)
-        tokens, logits = og_greedy(graph, ids, ad, "a", STEPS)
-        n = len(tokens)
-        assert n > 0 and tokens == ref_tokens[:n]
-        worst = max(worst, float(np.abs(logits - ref_logits[:n]).max()))
+    worst = fp32_logit_gap(point, STEPS, load=torch_model)
     assert worst <= 1e-4, f"{arch}: max abs logit diff {worst}"
 
 

@@ -88,18 +88,26 @@ def fp32(project):
     return nodes(project, "experiment=parity_fp32")
 
 
-def test_fp32_export_matches_torch_peft_logits(fp32):
-    model, tok = torch_model(fp32)
-    graph = og.Model(str(fp32["export"].path / "model"))
-    ad = adapters_on(graph, a=fp32["adapter"].path / ADAPTER_FILE)
+def fp32_logit_gap(point, steps=STEPS, load=None) -> float:
+    """Greedy decode of a few eval prompts through the fp32 graph + adapter and through torch +
+    peft (`load(point)`, default torch_model): the same tokens (asserted) and the largest logit
+    difference on the way."""
+    model, tok = (load or torch_model)(point)
+    graph = og.Model(str(point["export"].path / "model"))
+    ad = adapters_on(graph, a=point["adapter"].path / ADAPTER_FILE)
     worst = 0.0
-    for text in prompts(fp32):
+    for text in prompts(point):
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        ref_tokens, ref_logits = torch_greedy(model, ids)
-        tokens, logits = og_greedy(graph, ids, ad, "a")
-        n = min(len(tokens), len(ref_tokens))
-        assert tokens[:n] == ref_tokens[:n]
+        ref_tokens, ref_logits = torch_greedy(model, ids, steps)
+        tokens, logits = og_greedy(graph, ids, ad, "a", steps)
+        n = min(len(tokens), len(ref_tokens))  # onnxruntime-genai stops at an end token
+        assert n > 0 and tokens[:n] == ref_tokens[:n], text
         worst = max(worst, float(np.abs(logits[:n] - ref_logits[:n]).max()))
+    return worst
+
+
+def test_fp32_export_matches_torch_peft_logits(fp32):
+    worst = fp32_logit_gap(fp32)
     assert worst <= 1e-4, f"max abs logit diff {worst}"
 
 
