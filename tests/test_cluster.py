@@ -2,8 +2,8 @@
 jobs sent through profiles/slurm exactly as a user sends them (`modelmake build --profile slurm`).
 
 The default chain is built once through SLURM in its own copy and compared with the session's
-local build (`project`); everything else is cheap: dry runs, a LoRA sweep up to its fine-tunes,
-and refused submissions.
+local build (`project`); everything else is cheap: a second run, a LoRA sweep as the profile's
+dry run, and refused submissions.
 """
 
 from __future__ import annotations
@@ -114,13 +114,8 @@ def test_lora_sweep_submits_no_quantize_or_export(slurm_built):
     jobs = slurm_dry_run(project, *sweep)
     assert "quantize" not in jobs and "export" not in jobs and "base" not in jobs, jobs
     assert jobs["finetune"] == 2 and jobs["adapter"] == 2, jobs
-    # and really sent, up to the fine-tunes (the rest of the chain is what the dry run shows)
-    r = modelmake_build(project, *sweep, "--", "--until", "finetune")
-    assert r.returncode == 0, r.stderr[-3000:]
-    rules = sorted(log.parent.parent.name for _, log in submitted(r))
-    assert rules == ["rule_finetune", "rule_finetune"], rules
-    for r_ in (3, 5):
-        assert nodes(project, f"lora.r={r_}")["finetune"].manifest.exists()
+    # (not sent: that SLURM runs what Snakemake plans is the default build's test above; sending two
+    # more fine-tunes cost ~1 min of the plugin's status polling and showed nothing new)
 
 
 def refused(project: Path, *args: str) -> tuple[str, Path]:

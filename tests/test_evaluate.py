@@ -65,7 +65,7 @@ def test_parity_is_small_with_the_right_adapter_and_large_with_the_wrong_one(pro
 
 
 def test_sweep_builds_one_quantize_and_export_and_reports_every_point(project):
-    sweep = ["lora.r=2,16", "evaluate.speed.enabled=false"]
+    sweep = ["lora.r=2,16", "train.steps=30", "evaluate.speed.enabled=false"]
     build(project, *sweep)
     plan = build_plan(overrides=sweep)
     report = project / plan.report.path
@@ -86,7 +86,7 @@ def test_sweep_builds_one_quantize_and_export_and_reports_every_point(project):
 def test_classification_accuracy_before_and_after_fine_tuning(project):
     ov = ["experiment=tone_shared", f"data.path={SHARED_DATA / 'dataset-classification.jsonl'}",
           "evaluate.speed.enabled=false"]
-    build(project, *ov)
+    build(project, *ov, until="evaluate")
     m = metrics(nodes(project, *ov)["evaluate"])
     assert m["labels"] == 4
     assert m["accuracy_after"] > m["accuracy_before"]
@@ -96,7 +96,7 @@ def test_classification_accuracy_before_and_after_fine_tuning(project):
 
 def test_on_the_outlier_model_awq_stays_closer_to_fp32_than_rtn(project):
     ov = ["model=tiny_phi3_outliers", "evaluate.speed.enabled=false"]
-    build(project, *ov)
+    build(project, *ov, until="evaluate")
     m = metrics(nodes(project, *ov)["evaluate"])
     assert m["kl_awq_int4"] * 5 < m["kl_rtn_int4"]
     assert abs(m["ppl_awq_int4"] - m["ppl_fp32"]) < abs(m["ppl_rtn_int4"] - m["ppl_fp32"])

@@ -77,14 +77,14 @@ def default(project):
 @pytest.fixture(scope="module")
 def exact(project):
     """The int4 graph with fp32 activations (accuracy_level 1): AWQ's weights computed as torch does."""
-    ov = ("export=int4_cpu_exact", "evaluate.speed.enabled=false")
-    build(project, *ov)
+    ov = ("export=int4_cpu_exact",)
+    build(project, *ov, until="adapter")
     return nodes(project, *ov)
 
 
 @pytest.fixture(scope="module")
 def fp32(project):
-    build(project, "experiment=parity_fp32")
+    build(project, "experiment=parity_fp32", until="adapter")
     return nodes(project, "experiment=parity_fp32")
 
 

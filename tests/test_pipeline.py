@@ -115,9 +115,9 @@ def test_a_stage_alone_refuses_when_its_input_is_not_built(project):
 
 @pytest.mark.skipif(not (SHARED_DATA / "data_sample_travel.jsonl").exists(), reason="../shared/data not present")
 def test_shared_travel_set_runs_through_the_whole_chain(project):
-    path = SHARED_DATA / "data_sample_travel.jsonl"
-    build(project, f"data.path={path}")
-    point = nodes(project, f"data.path={path}")
+    ov = (f"data.path={SHARED_DATA / 'data_sample_travel.jsonl'}", "train.steps=20")  # its records are long
+    build(project, *ov, until="generate")
+    point = nodes(project, *ov)
     ds = json.loads(point["dataset"].manifest.read_text())["metrics"]
     assert ds["records"] == 289 and ds["distinct"] < 289  # real data: repeated prompts
     assert json.loads(point["generate"].manifest.read_text())["metrics"]["new_tokens"] > 0

@@ -56,7 +56,7 @@ def test_registering_again_adds_nothing_and_new_content_is_the_next_version(proj
         return {int(v.version) for v in mlflow_client(project).search_model_versions("name='ft-for-travel'")}
 
     before = versions()  # other tests' points may have registered already
-    build(project, "train.steps=30")
+    build(project, "train.steps=30", until="register")
     other = receipt(nodes(project, "train.steps=30")["register"])
     assert int(other["version"]) == max(before) + 1 and other["created"]
     assert versions() == before | {max(before) + 1}
@@ -64,9 +64,9 @@ def test_registering_again_adds_nothing_and_new_content_is_the_next_version(proj
 
 def test_name_clash_with_other_content_is_reported_not_overwritten(project):
     ov = ["train.steps=40", "register.version=1"]
-    r = snakemake(project, "--cores", "2", *config_args(ov))
-    assert r.returncode != 0
     node = nodes(project, *ov)["register"]
+    r = snakemake(project, "--cores", "2", str(node.manifest.relative_to(project)), *config_args(ov))
+    assert r.returncode != 0
     log = (project / "logs" / "register" / f"{node.key}.log").read_text()
     assert "'ft-for-travel' version 1 exists with other content; not overwritten" in log
     assert not node.path.exists()

@@ -11,9 +11,10 @@ import pytest
 
 from conftest import config_args, copy_project, nodes, run, snakemake_exe
 
-# the smollm2 experiment, made cheap: 8 calibration samples without the clip search, 30 steps
-SMOL = ("experiment=smollm2", "quantize.calib_samples=8", "quantize.apply_clip=false", "train.steps=30",
-        "evaluate.speed.enabled=false", "evaluate.max_records=12", "evaluate.parity_records=2")
+# the smollm2 experiment, made cheap: 4 calibration samples without the clip search, 12 steps (30
+# steps took the held-out PPL from 59.6 to 27.5: the margin the assertions need is far smaller)
+SMOL = ("experiment=smollm2", "quantize.calib_samples=4", "quantize.apply_clip=false", "train.steps=12",
+        "evaluate.speed.enabled=false", "evaluate.max_records=8", "evaluate.parity_records=2")
 
 
 @pytest.fixture(scope="module")
