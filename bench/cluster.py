@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +32,7 @@ from modelmake.report import markdown_tables  # noqa: E402
 from modelmake.workflow import config_args, parse_jobs  # noqa: E402
 
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid \d+")
+LOG = re.compile(r"has been submitted with SLURM jobid \d+ \(log: (\S+)\)\.")
 SWEEP_RULES = ("base", "dataset", "quantize", "export", "finetune", "adapter", "generate", "evaluate")
 
 
@@ -46,6 +48,27 @@ def timed(project: Path, *args: str) -> tuple[float, str]:
 def stage_seconds(project: Path) -> tuple[float, int]:
     manifests = list((project / "artifacts").glob("*/*/manifest.json"))
     return sum(json.loads(p.read_text())["seconds"] for p in manifests), len(manifests)
+
+
+def in_jobs(out: str) -> float:
+    """Seconds during which at least one SLURM job was running (its Snakemake started -> its last
+    line), from the job logs the build names: the rest of the SLURM wall time is submission,
+    queueing and the plugin's status polling between jobs."""
+    spans = []
+    for log in LOG.findall(out):
+        text = Path(log).read_text()
+        start = datetime.strptime(re.search(r"Date: (\S+ \S+)", text).group(1), "%Y-%m-%d %H:%M:%S")
+        end = datetime.strptime(re.findall(r"^\[(\w+ \w+ +\d+ [\d:]+ \d+)\]", text, re.M)[-1], "%a %b %d %H:%M:%S %Y")
+        spans.append((start, end))
+    total, reach = 0.0, None
+    for a, b in sorted(spans):  # the union of the intervals
+        if reach is None or a > reach:
+            total += (b - a).total_seconds()
+            reach = b
+        elif b > reach:
+            total += (b - reach).total_seconds()
+            reach = b
+    return total
 
 
 def sweep_jobs(project: Path, ranks: str) -> dict[str, int]:
@@ -75,6 +98,7 @@ def main() -> None:
         ts, out = timed(slurm, "modelmake", "build", "--profile", "slurm")
         cs, ns = stage_seconds(slurm)
         jobs = len(SUBMITTED.findall(out))
+        running = in_jobs(out)
         warm = sweep_jobs(slurm, args.ranks)
     finally:
         if up is not None:
@@ -86,6 +110,8 @@ def main() -> None:
          f"{jobs} sbatch jobs, their own compute {cs:.1f} s; {ts / tl:.2f}x local"],
         ["scheduler overhead per job: (SLURM - local) / jobs", f"{per_job:.1f} s",
          f"target < 5 s; build overhead over compute: local {(tl - cl) / nl:.1f} s, SLURM {(ts - cs) / ns:.1f} s a job"],
+        ["SLURM wall time with no job running (submission, queue, status polling)", f"{ts - running:.1f} s",
+         f"{(ts - running) / jobs:.1f} s a job; jobs running {running:.1f} s (their logs: Snakemake start to end)"],
     ]
     for label, jobs_ in ((f"sweep lora.r={args.ranks} from nothing", cold), (f"sweep lora.r={args.ranks} after the default build", warm)):
         rows.append([label, ", ".join(f"{r} {jobs_.get(r, 0)}" for r in SWEEP_RULES), "SLURM jobs (dry run through profiles/slurm)"])

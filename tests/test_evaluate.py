@@ -65,7 +65,7 @@ def test_parity_is_small_with_the_right_adapter_and_large_with_the_wrong_one(pro
 
 
 def test_sweep_builds_one_quantize_and_export_and_reports_every_point(project):
-    sweep = ["lora.r=2,16", "train.steps=30", "evaluate.speed.enabled=false"]
+    sweep = ["lora.r=2,16", "evaluate.speed.enabled=false"]  # test_search's space: its points are these
     build(project, *sweep)
     plan = build_plan(overrides=sweep)
     report = project / plan.report.path
@@ -95,7 +95,7 @@ def test_classification_accuracy_before_and_after_fine_tuning(project):
 
 
 def test_on_the_outlier_model_awq_stays_closer_to_fp32_than_rtn(project):
-    ov = ["model=tiny_phi3_outliers", "evaluate.speed.enabled=false"]
+    ov = ["model=tiny_phi3_outliers", "train.steps=10", "evaluate.speed.enabled=false"]  # quantization, not LoRA
     build(project, *ov, until="evaluate")
     m = metrics(nodes(project, *ov)["evaluate"])
     assert m["kl_awq_int4"] * 5 < m["kl_rtn_int4"]

@@ -18,7 +18,6 @@ import onnx
 import torch
 
 from modelmake.atomic import scratch_dir
-from modelmake.awq_fixes import WQLinear_GEMM, dequantized_weight, load_awq_model
 from modelmake.errors import ModelmakeError
 from modelmake.families import family_for_config, resolve_export_targets
 from modelmake.lifecycle import pdeathsig
@@ -33,6 +32,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 @torch.no_grad()
 def dequantize_checkpoint(awq_dir: Path, out: Path) -> None:
     """Write the AWQ checkpoint as a plain fp32 HF model (same weights, dense)."""
+    # here, not at the top: importing AutoAWQ takes ~5 s, and the int4 export (the builder reads the
+    # AWQ checkpoint itself) never needs it
+    from modelmake.awq_fixes import WQLinear_GEMM, dequantized_weight, load_awq_model
+
     model = load_awq_model(awq_dir, dtype=torch.float32)
     for name, module in list(model.named_modules()):
         if isinstance(module, WQLinear_GEMM):
