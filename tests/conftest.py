@@ -77,30 +77,6 @@ SECRETS = {"AZURE_CLIENT_SECRET": "fake-secret-9f8e7d6c5b4a", "HF_TOKEN": "hf_fa
            "AZURE_CLIENT_ID": "00000000-fake-client-id-1234"}
 
 
-def pytest_collection_modifyitems(config, items):
-    """The cluster tests last: their SLURM build (slurm_build) starts with the session and runs
-    beside the other tests, so it is done by the time they read it."""
-    items.sort(key=lambda item: item.get_closest_marker("cluster") is not None)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def slurm_build(request, tmp_path_factory):
-    """When cluster tests are selected: a one-node SLURM and the default chain built through it
-    (tests/slurm_cluster.py), started now; the daemons are stopped at the end of the session, also
-    when a test fails."""
-    if not any(item.get_closest_marker("cluster") for item in request.session.items):
-        yield None
-        return
-    from slurm_cluster import SlurmBuild
-
-    build = SlurmBuild(tmp_path_factory.mktemp("slurm-state"), copy_project(tmp_path_factory.mktemp("slurm") / "modelmake"))
-    try:
-        build.start()
-        yield build
-    finally:
-        build.stop()
-
-
 @pytest.fixture(scope="session")
 def project(tmp_path_factory) -> Path:
     """The whole default chain, built cold with Snakemake in a fresh copy of the project."""

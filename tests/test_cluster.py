@@ -1,10 +1,9 @@
 """The build graph on a real SLURM cluster: one node on this machine (tests/cluster/slurm-up.sh),
 jobs sent through profiles/slurm exactly as a user sends them (`modelmake build --profile slurm`).
 
-The default chain is built once through SLURM in its own copy (started with the session, beside
-the other tests: tests/slurm_cluster.py) and compared with the session's local build (`project`);
-everything else is cheap: a second run, a LoRA sweep as the profile's dry run, and refused
-submissions.
+The default chain is built once through SLURM in its own copy and compared with the session's
+local build (`project`); everything else is cheap: a second run, a LoRA sweep as the profile's
+dry run, and refused submissions.
 """
 
 from __future__ import annotations
@@ -16,14 +15,33 @@ from pathlib import Path
 
 import pytest
 
-from conftest import nodes, run
+from conftest import REPO, copy_project, nodes, run
 from modelmake.plan import STAGES, REPORT_STAGE
 from modelmake.workflow import config_args, parse_jobs, snakemake_exe
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
+UP, DOWN = REPO / "tests" / "cluster" / "slurm-up.sh", REPO / "tests" / "cluster" / "slurm-down.sh"
+SKIP_EXIT = 3  # slurm-up.sh: cannot start here (not root, no apt-get, a real cluster's config)
 ALL_STAGES = [*STAGES, REPORT_STAGE]
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """munge + slurmctld + slurmd, stopped at the end of the session even when a test fails."""
+    state = tmp_path_factory.mktemp("slurm-state")
+    up = subprocess.run(["bash", str(UP), str(state)], capture_output=True, text=True, timeout=900)
+    if up.returncode == SKIP_EXIT:
+        msg = f"SLURM test cluster cannot start here: {up.stderr.strip().splitlines()[-1]}"
+        print(msg)
+        pytest.skip(msg)
+    # from here on the daemons may be half up: always stop them
+    try:
+        assert up.returncode == 0, f"slurm-up.sh failed ({up.returncode}):\n{up.stdout}\n{up.stderr[-3000:]}"
+        yield state
+    finally:
+        subprocess.run(["bash", str(DOWN), str(state)], capture_output=True, text=True, timeout=120)
 
 
 def modelmake_build(project: Path, *args: str) -> subprocess.CompletedProcess:
@@ -44,15 +62,12 @@ def slurm_dry_run(project: Path, *overrides: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="session")
-def slurm_built(slurm_build):
-    """The default chain built through SLURM in a fresh copy (no artifacts copied in): started with
-    the session (conftest.slurm_build), finished here."""
-    if slurm_build.skip:
-        pytest.skip(slurm_build.skip)
-    assert slurm_build.error is None, slurm_build.error
-    r = slurm_build.result()
-    assert r.returncode == 0, f"SLURM build failed:\n{r.stdout[-8000:]}"
-    return slurm_build.project, r
+def slurm_built(slurm, tmp_path_factory):
+    """The default chain built through SLURM in a fresh copy (no artifacts copied in)."""
+    dst = copy_project(tmp_path_factory.mktemp("slurm") / "modelmake")
+    r = modelmake_build(dst)
+    assert r.returncode == 0, f"SLURM build failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
+    return dst, r
 
 
 def test_every_stage_ran_as_a_slurm_job(slurm_built):
