@@ -42,12 +42,13 @@ def snakemake(project: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def build(project: Path, *config: str, env: dict | None = None, until: str | None = None) -> subprocess.CompletedProcess:
-    """Build the config's chain; with `until` (a stage of a single point), only that stage and what
-    it needs: a test pays for the stages it reads, not for evaluate, register and report too."""
-    args = ["--cores", "2"]
-    if until:  # targets go before --config (Snakemake would read them as config entries)
-        args.append(str(nodes(project, *config)[until].manifest.relative_to(project)))
-    args += config_args(config)
+    """Build the config's chain; with `until` (a stage), only that stage and what it needs: a test
+    pays for the stages it reads, not for evaluate, register and report too."""
+    from modelmake.plan import build_plan
+
+    # targets go before --config (Snakemake would read them as config entries)
+    targets = build_plan(overrides=list(config)).targets(until) if until else []
+    args = ["--cores", "2", *targets, *config_args(config)]
     r = run(project, snakemake_exe(), *args, env=env)
     assert r.returncode == 0, f"snakemake {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
     return r

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from conftest import build, copy_project, nodes, run, snakemake
 from modelmake.workflow import config_args
 from modelmake.errors import ModelmakeError
-from modelmake.plan import compose
+from modelmake.plan import build_plan, compose
 from modelmake.provenance import verify
 from modelmake.registry import DIGEST_TAG, RECEIPT, AzureMLRegistry, azure_model, write_model_yml
 from modelmake.registry import build as register_build
@@ -65,7 +65,7 @@ def test_registering_again_adds_nothing_and_new_content_is_the_next_version(proj
 def test_name_clash_with_other_content_is_reported_not_overwritten(project):
     ov = ["train.steps=40", "register.version=1"]
     node = nodes(project, *ov)["register"]
-    r = snakemake(project, "--cores", "2", str(node.manifest.relative_to(project)), *config_args(ov))
+    r = snakemake(project, "--cores", "2", *build_plan(overrides=ov).targets("register"), *config_args(ov))
     assert r.returncode != 0
     log = (project / "logs" / "register" / f"{node.key}.log").read_text()
     assert "'ft-for-travel' version 1 exists with other content; not overwritten" in log
