@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from conftest import REPO, run
+from modelmake.plan import compose
 
 
 @pytest.mark.parametrize("name", ["slurm", "kubernetes"])
@@ -33,3 +34,33 @@ def test_slurm_profile_jobs_get_the_threads_their_group_asks_for():
     out = r.stdout + r.stderr
     quantize = out.split("\nrule quantize:", 1)[1].split("\n\n", 1)[0]
     assert "threads: 8" in quantize and "gpu=1" in quantize, quantize
+
+
+def test_slurm_status_wait_is_capped_on_the_pinned_plugin():
+    """resources.slurm_status_max_s caps the plugin's own backoff (check_active_jobs adds 10 s a
+    round with no job finished), and only for the plugin version that backoff was read from."""
+    from importlib.metadata import version
+
+    from snakemake_executor_plugin_slurm import Executor
+
+    from modelmake.cluster import PLUGIN, PLUGIN_VERSION, cap_status_interval
+
+    assert version(PLUGIN) == PLUGIN_VERSION  # requirements/base.txt pins the version it was read from
+    before = Executor.__dict__.get("next_seconds_between_status_checks")
+    try:
+        assert "at least every 3 s" in cap_status_interval(3)
+        ex = Executor.__new__(Executor)  # no workflow: only the property is exercised
+        ex.next_seconds_between_status_checks = 2  # init_seconds_before_status_checks (profiles/slurm)
+        seen = []
+        for _ in range(4):  # the plugin's line, run as it runs it after each round with none done
+            ex.next_seconds_between_status_checks = min(ex.next_seconds_between_status_checks + 10, 180)
+            seen.append(ex.next_seconds_between_status_checks)
+        assert seen == [3, 3, 3, 3]
+        ex.next_seconds_between_status_checks = 2  # reset once a job finished: below the cap, kept
+        assert ex.next_seconds_between_status_checks == 2
+    finally:
+        if before is None:
+            del Executor.next_seconds_between_status_checks
+        else:
+            Executor.next_seconds_between_status_checks = before
+    assert compose(("resources=gpu_node",)).resources.slurm_status_max_s is None  # long jobs: upstream's
