@@ -1,7 +1,9 @@
 """The version of the code that builds a stage: its script, every modelmake module it imports
 (transitively, found by reading the source, not by importing it), and the libraries it runs.
 
-Cheap enough for every Snakemake start: no heavy import happens here.
+Cheap enough for every Snakemake start and every stage process: no heavy import happens here,
+and a file's imports are parsed once per content (memoized by its sha256, hashcache), not once
+per stage that reaches it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import hashlib
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+
+from modelmake import hashcache
 
 PACKAGE = "modelmake"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -24,18 +28,26 @@ def _module_path(name: str) -> Path | None:
     return None
 
 
-def _imports(path: Path) -> set[str]:
-    """modelmake modules imported anywhere in `path` (top level or inside functions)."""
+def _parse_imports(path: Path) -> list[list[str]]:
+    """[modules imported, names that may be submodules (`from modelmake import x`)] in `path`,
+    top level or inside functions: a function of the file's content alone."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    found = set()
+    modules, maybe = set(), set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.split(".")[0] == PACKAGE)
+            modules.update(a.name for a in node.names if a.name.split(".")[0] == PACKAGE)
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == PACKAGE:
-            found.add(node.module)
-            # `from modelmake import x` may name a submodule
-            found.update(f"{node.module}.{a.name}" for a in node.names if _module_path(f"{node.module}.{a.name}"))
-    return found
+            modules.add(node.module)
+            maybe.update(f"{node.module}.{a.name}" for a in node.names)
+    return [sorted(modules), sorted(maybe)]
+
+
+@lru_cache(maxsize=None)
+def _imports(path: Path) -> set[str]:
+    """modelmake modules imported anywhere in `path`."""
+    modules, maybe = hashcache.fact(hashcache.file_sha256(path), "modelmake-imports", lambda: _parse_imports(path))
+    # which names are submodules depends on the files present, not on this file: checked each time
+    return {*modules, *(m for m in maybe if _module_path(m))}
 
 
 @lru_cache(maxsize=None)
@@ -74,7 +86,7 @@ def code_version(entry: Path, libraries: tuple[str, ...]) -> dict:
             rel = str(path.relative_to(root))
         except ValueError:
             rel = str(path)
-        files[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+        files[rel] = hashcache.file_sha256(path)
     libs = {name: _dist_version(name) for name in sorted(libraries)}
     digest = hashlib.sha256(repr((sorted(files.items()), sorted(libs.items()))).encode()).hexdigest()
     return {"sha256": digest, "files": files, "libraries": libs}
