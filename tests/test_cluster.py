@@ -75,7 +75,7 @@ def test_every_stage_ran_as_a_slurm_job(slurm_built):
     jobs = submitted(r)
     assert len(jobs) == len(ALL_STAGES), r.stderr[-3000:]
     # conf/resources/cpu_small: the plugin's status backoff capped (modelmake.cluster)
-    assert "SLURM job states checked at least every 2 s" in r.stderr, r.stderr[:3000]
+    assert "SLURM job states checked at least every 1 s" in r.stderr, r.stderr[:3000]
     # the plugin names each job's log by rule and key: logs/slurm/rule_<stage>/<key>/<jobid>.log
     point = nodes(project)
     ran = {}
