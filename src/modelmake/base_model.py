@@ -218,7 +218,6 @@ def build_tiny(cfg, corpus: Path, out: Path, threads: int) -> dict:
     }
 
 
-@torch.no_grad()
 @contextlib.contextmanager
 def _gguf_parsed_once():
     """transformers reads a GGUF's header three times (tokenizer, config, weights: ~5 s each for
@@ -243,6 +242,7 @@ def _gguf_parsed_once():
         gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
 
 
+@torch.no_grad()
 def dequantize_gguf(gguf: Path, out: Path, dtype: str, threads: int) -> dict:
     """A GGUF file as a plain HF safetensors folder (model + tokenizer + chat template).
 
