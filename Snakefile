@@ -29,6 +29,14 @@ rule all:
         sorted(str(n.manifest) for n in PLAN.nodes.values()),
 
 
+onstart:
+    # the executor exists from here on (not while the Snakefile is read)
+    if RES.get("slurm_status_max_s") and workflow.executor_plugin.name == "slurm":
+        from modelmake.cluster import cap_status_interval
+
+        print(f"modelmake: {cap_status_interval(RES.slurm_status_max_s)}", file=sys.stderr)
+
+
 onsuccess:
     show_generations(PLAN)
     if (PLAN.report.path / "report.md").exists():  # not when explicit targets left the report out

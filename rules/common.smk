@@ -2,7 +2,6 @@ import os
 import sys
 from pathlib import Path
 
-from modelmake.cluster import cap_status_interval
 from modelmake.errors import ModelmakeError
 from modelmake.lifecycle import PARENT_ENV
 from modelmake.locks import recover
@@ -22,13 +21,6 @@ RES = compose(PLAN.points[0]).resources  # conf/resources/: not keyed, so never 
 for _left in recover(Path(".snakemake"), Path(ART)):
     print(f"modelmake: removed {_left} (left by a build that is no longer running)", file=sys.stderr)
 os.environ[PARENT_ENV] = str(os.getpid())
-
-
-onstart:
-    # the executor exists from here on (not while the Snakefile is read)
-    if RES.get("slurm_status_max_s") and workflow.executor_plugin.name == "slurm":
-        print(f"modelmake: {cap_status_interval(RES.slurm_status_max_s)}", file=sys.stderr)
-
 PY = sys.executable  # the environment snakemake runs in runs the scripts too
 
 # Every rule's outputs are update(): Snakemake otherwise deletes an output that exists when its job
