@@ -8,6 +8,7 @@ rule adapter:
         "logs/adapter/{key}.log",
     params:
         cmd=command("adapter"),
+        expect=expect("adapter"),
     threads: stage_threads("adapter")
     resources:
         **stage_resources("adapter"),

@@ -9,6 +9,7 @@ rule base:
         "logs/base/{key}.log",
     params:
         cmd=command("base"),
+        expect=expect("base"),
     threads: stage_threads("base")
     resources:
         **stage_resources("base"),

@@ -1,4 +1,5 @@
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -62,12 +63,19 @@ def command(stage):
     return cmd
 
 
+def expect(stage):
+    """Params function: the artifact folder Snakemake waits for, shell-quoted (a user's
+    `artifacts=` value may hold any character; nothing typed reaches the shell unquoted)."""
+    def path(wildcards):
+        return shlex.quote(str(node(stage, wildcards).path))
+    return path
+
+
 def stage_cmd(stage):
     """MODELMAKE_EXPECT makes the script refuse if its own plan disagrees with the path Snakemake
-    waits for; threads= hands it the cores Snakemake granted."""
-    return (
-        f"MODELMAKE_EXPECT={ART}/{stage}/{{wildcards.key}} {{params.cmd}} threads={{threads}} > {{log}} 2>&1"
-    )
+    waits for; threads= hands it the cores Snakemake granted. Every value here is quoted (params)
+    or generated (the key matches [0-9a-f]{12}, threads is an int, the log path is ours)."""
+    return "MODELMAKE_EXPECT={params.expect} {params.cmd} threads={threads} > {log} 2>&1"
 
 
 def stage_threads(stage):

@@ -9,6 +9,7 @@ rule dataset:
         "logs/dataset/{key}.log",
     params:
         cmd=command("dataset"),
+        expect=expect("dataset"),
     threads: stage_threads("dataset")
     resources:
         **stage_resources("dataset"),

@@ -8,6 +8,7 @@ rule evaluate:
         "logs/evaluate/{key}.log",
     params:
         cmd=command("evaluate"),
+        expect=expect("evaluate"),
     threads: stage_threads("evaluate")
     resources:
         **stage_resources("evaluate"),

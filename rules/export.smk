@@ -8,6 +8,7 @@ rule export:
         "logs/export/{key}.log",
     params:
         cmd=command("export"),
+        expect=expect("export"),
     threads: stage_threads("export")
     resources:
         **stage_resources("export"),

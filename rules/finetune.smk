@@ -8,6 +8,7 @@ rule finetune:
         "logs/finetune/{key}.log",
     params:
         cmd=command("finetune"),
+        expect=expect("finetune"),
     threads: stage_threads("finetune")
     resources:
         **stage_resources("finetune"),

@@ -8,6 +8,7 @@ rule generate:
         "logs/generate/{key}.log",
     params:
         cmd=command("generate"),
+        expect=expect("generate"),
     threads: stage_threads("generate")
     resources:
         **stage_resources("generate"),

@@ -8,6 +8,7 @@ rule quantize:
         "logs/quantize/{key}.log",
     params:
         cmd=command("quantize"),
+        expect=expect("quantize"),
     threads: stage_threads("quantize")
     resources:
         **stage_resources("quantize"),

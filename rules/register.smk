@@ -8,6 +8,7 @@ rule register:
         "logs/register/{key}.log",
     params:
         cmd=command("register"),
+        expect=expect("register"),
     threads: stage_threads("register")
     resources:
         **stage_resources("register"),

@@ -9,6 +9,7 @@ rule report:
         "logs/report/{key}.log",
     params:
         cmd=lambda w: stage_command(PLAN.report, PY),
+        expect=lambda w: shlex.quote(str(PLAN.report.path)),
     threads: stage_threads("report")
     resources:
         **stage_resources("report"),

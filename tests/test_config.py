@@ -54,6 +54,24 @@ def test_bad_config_is_refused_naming_the_field(override, field):
     assert field.split(".")[-1] in str(e.value)
 
 
+@pytest.mark.parametrize("value,why", [("art/{key}", "holds ['{', '}']"), ("art\nx", "holds ['\\n']"),
+                                       ("README.md", "is not a folder"), ("README.md/sub", "is not a folder")])
+def test_an_artifacts_folder_that_cannot_be_one_is_refused(value, why):
+    with pytest.raises(ModelmakeError, match="config field 'artifacts'") as e:
+        build_plan(overrides=[f"artifacts={value}"])
+    assert why in str(e.value)
+
+
+def test_the_artifacts_folder_moves_every_path_and_reaches_every_command(tmp_path):
+    from modelmake.plan import stage_command
+
+    plan = build_plan(overrides=[f"artifacts={tmp_path}/a"])
+    default = build_plan()
+    for stage, node in plan.finals[0].items():
+        assert node.path == tmp_path / "a" / stage / default.finals[0][stage].key
+        assert f"artifacts={tmp_path}/a" in stage_command(node)
+
+
 def test_snakemake_config_becomes_hydra_overrides():
     ov = overrides_from_config({"lora.r": "8,16", "train.lr": 0.001, "lora.target_modules": ["qkv_proj", "o_proj"],
                                 "quantize.apply_clip": False})

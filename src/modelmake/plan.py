@@ -144,15 +144,15 @@ def script_path(stage: str) -> Path:
 
 
 def relevant_overrides(node: "Node") -> tuple[str, ...]:
-    """The overrides of `node`'s point that its key depends on (each one dropped in turn, kept if
-    the key moves). So a command names only what matters to it and stays the same when another
-    point (a release, a sweep) reaches the same artifact. Dropping one wrongly cannot go unseen:
-    the script would key elsewhere and refuse (MODELMAKE_EXPECT)."""
+    """The overrides of `node`'s point that its path depends on (each one dropped in turn, kept if
+    the path moves: its key, or the artifacts folder). So a command names only what matters to it
+    and stays the same when another point (a release, a sweep) reaches the same artifact. Dropping
+    one wrongly cannot go unseen: the script would key elsewhere and refuse (MODELMAKE_EXPECT)."""
     kept = list(node.overrides)
     for o in node.overrides:
         trial = tuple(x for x in kept if x != o)
         try:
-            same = plan_point(compose(trial))[node.stage].key == node.key
+            same = plan_point(compose(trial))[node.stage].path == node.path
         except ModelmakeError:
             same = False
         if same:
@@ -243,13 +243,14 @@ def _parses(override: str) -> bool:
 
 def quote_override(override: str) -> str:
     """An override as Hydra must receive it: a free-text field's value, or any value Hydra's lexer
-    would refuse (newlines, braces, `|`), single-quoted, with newlines and tabs as escapes."""
+    would refuse (newlines, braces, `|`), single-quoted. Newlines stay newlines (Hydra's quoted
+    values hold them), so a path with one in its name is kept exact."""
     key, sep, value = override.partition("=")
     if not sep or value[:1] in ("'", '"'):
         return override
     if key.lstrip("+~") not in FREE_TEXT and "\n" not in value and "\t" not in value and _parses(override):
         return override
-    value = value.replace("\n", "\\n").replace("\t", "\\t").replace("'", "\\'")
+    value = value.replace("'", "\\'")
     if value.endswith("\\"):
         value += "\\"  # a trailing backslash would escape the closing quote
     return f"{key}='{value}'"
@@ -269,6 +270,7 @@ def validate(cfg: DictConfig) -> None:
         v = OmegaConf.select(cfg, field_name)
         need(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, field_name, f"must be a positive number, got {v!r}")
 
+    _check_artifacts(cfg.artifacts)
     need(cfg.model.kind in ("tiny", "gguf", "pretrained"), "model.kind",
          f"must be 'tiny', 'gguf' or 'pretrained', got {cfg.model.kind!r}")
     for f in ("lora.r", "train.steps", "train.batch_size", "train.max_seq_len", "quantize.group_size",
@@ -309,6 +311,22 @@ def validate(cfg: DictConfig) -> None:
         if model.get(f):
             need(model[f] % cfg.quantize.group_size == 0, "quantize.group_size",
                  f"{cfg.quantize.group_size} does not divide the model's {f}={model[f]}")
+
+
+def _check_artifacts(value) -> None:
+    """`artifacts`: a folder (made if missing). Braces would be read as Snakemake wildcards in every
+    rule's output, and control characters make paths no tool prints back faithfully."""
+    where = "config field 'artifacts'"
+    if not isinstance(value, str) or not value.strip():
+        raise ModelmakeError(f"{where}: must be a folder path, got {value!r}")
+    if bad := sorted({c for c in value if c in "{}" or ord(c) < 32 or ord(c) == 127}):
+        raise ModelmakeError(f"{where}: {value!r} holds {bad}, which a build graph path cannot hold")
+    path = Path(value) if Path(value).is_absolute() else ROOT / value
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ModelmakeError(f"{where}: {p} is not a folder")
+            break
 
 
 def family_of(architecture: str):
