@@ -26,10 +26,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import copy_project, run, snakemake  # noqa: E402  (the tests' fresh-copy helpers)
-
-from modelmake.report import markdown_tables  # noqa: E402
-from modelmake.workflow import config_args, parse_jobs  # noqa: E402
+from helpers.project import (  # noqa: E402  (the tests' fresh-copy helpers)
+    copy_project,
+    run,
+    snakemake,
+)
+from modelmake.graph.snakemake import config_args, parse_jobs  # noqa: E402
+from modelmake.stages.report import markdown_tables  # noqa: E402
 
 SUBMITTED = re.compile(r"has been submitted with SLURM jobid \d+")
 LOG = re.compile(r"has been submitted with SLURM jobid \d+ \(log: (\S+)\)\.")

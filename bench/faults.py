@@ -23,10 +23,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import copy_project, nodes, run  # noqa: E402  (the tests' fresh-copy helpers)
-
-from modelmake.faults import built_twice, kill_inside, leftovers, scratch_folders, size, start  # noqa: E402
-from modelmake.workflow import snakemake_exe  # noqa: E402
+from helpers.faults import (  # noqa: E402
+    built_twice,
+    kill_inside,
+    leftovers,
+    scratch_folders,
+    size,
+    start,
+)
+from helpers.project import (  # noqa: E402  (the tests' fresh-copy helpers)
+    copy_project,
+    nodes,
+    run,
+)
+from modelmake.graph.snakemake import snakemake_exe  # noqa: E402
 
 GOOD = json.dumps({"prompt": "Where to?", "response": "Lisbon."})
 BAD_INPUTS = {  # name -> (bytes, what the refusal must name)
@@ -79,7 +89,7 @@ def main() -> None:
         for name, (data, must) in BAD_INPUTS.items():
             path = work / f"{name.replace(' ', '_')}.jsonl"
             path.write_bytes(data)
-            r = run(built, sys.executable, "scripts/dataset.py", f"data.path={path}")
+            r = run(built, sys.executable, "-m", "modelmake", "stage", "dataset", f"data.path={path}")
             refused += r.returncode == 2 and f"{path}{must}" in r.stderr
     finally:
         subprocess.run(["rm", "-rf", str(work)])

@@ -26,9 +26,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import copy_project, nodes, snakemake  # noqa: E402  (the tests' fresh-copy helpers)
-
-from modelmake.workflow import config_args  # noqa: E402
+from helpers.project import (  # noqa: E402  (the tests' fresh-copy helpers)
+    copy_project,
+    nodes,
+    snakemake,
+)
+from modelmake.graph.snakemake import config_args  # noqa: E402
 
 MODELS = {"tiny Phi-3": (), "SmolLM2-135M": ("experiment=smollm2",)}
 STAGES = ("base", "dataset", "quantize", "finetune", "export", "adapter", "generate", "evaluate")
@@ -48,9 +51,9 @@ def fp32_lora_seconds_per_step(point: dict, steps: int) -> float:
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from modelmake.dataset import read_split
-    from modelmake.export import dequantize_checkpoint
-    from modelmake.finetune import encode, lora_model, train
+    from modelmake.stages.export import dequantize_checkpoint
+    from modelmake.stages.finetune import encode, lora_model, train
+    from modelmake.stages.layout import read_split
 
     manifest = json.loads(point["finetune"].manifest.read_text())
     cfg = OmegaConf.create(manifest["config"])
@@ -103,7 +106,7 @@ def main() -> None:
             results[name] |= {"noop_dry_run_s": noop, "snakemake_version_s": floor}
 
     names = list(results)
-    print(f"\n| stage | " + " | ".join(f"{n} s | {n} peak RSS" for n in names) + " |")
+    print("\n| stage | " + " | ".join(f"{n} s | {n} peak RSS" for n in names) + " |")
     print("|---|" + "---:|" * (2 * len(names)))
     for s in STAGES:
         cells = [f"{results[n]['stages'][s]['seconds']:.1f} | {mb(results[n]['stages'][s]['peak_rss_bytes'])}" for n in names]

@@ -24,9 +24,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import copy_project, snakemake  # noqa: E402  (the tests' fresh-copy helpers)
-
-from modelmake.workflow import config_args, parse_jobs  # noqa: E402
+from helpers.project import (  # noqa: E402  (the tests' fresh-copy helpers)
+    copy_project,
+    snakemake,
+)
+from modelmake.graph.snakemake import config_args, parse_jobs  # noqa: E402
 
 
 def timed(project: Path, *args: str) -> tuple[float, str]:

@@ -25,10 +25,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import copy_project, snakemake  # noqa: E402  (the tests' fresh-copy helpers)
-
-from modelmake.plan import build_plan  # noqa: E402
-from modelmake.workflow import config_args  # noqa: E402
+from helpers.project import (  # noqa: E402  (the tests' fresh-copy helpers)
+    copy_project,
+    snakemake,
+)
+from modelmake.graph.snakemake import config_args  # noqa: E402
+from modelmake.recipe import build_plan  # noqa: E402
 
 
 def build(project: Path, cores: str, overrides: list[str]) -> float:

@@ -1,12 +1,13 @@
+# The plan every rule reads: built once as the workflow loads, from --config (Hydra overrides).
 import os
 import shlex
 import sys
 from pathlib import Path
 
-from modelmake.errors import ModelmakeError
-from modelmake.lifecycle import PARENT_ENV
-from modelmake.locks import recover
-from modelmake.plan import build_plan, compose, stage_command
+from modelmake.core.errors import ModelmakeError
+from modelmake.core.lifecycle import PARENT_ENV
+from modelmake.core.locks import recover
+from modelmake.recipe import RECIPE, build_plan, compose, stage_command
 
 try:
     PLAN = build_plan(config)
@@ -22,11 +23,7 @@ RES = compose(PLAN.points[0]).resources  # conf/resources/: not keyed, so never 
 for _left in recover(Path(".snakemake"), Path(ART)):
     print(f"modelmake: removed {_left} (left by a build that is no longer running)", file=sys.stderr)
 os.environ[PARENT_ENV] = str(os.getpid())
-PY = sys.executable  # the environment snakemake runs in runs the scripts too
-
-# Every rule's outputs are update(): Snakemake otherwise deletes an output that exists when its job
-# starts, i.e. an artifact another concurrent build finished after this run planned it; the stage
-# then waits on the artifact lock and finds it built (stage.run_node).
+PY = sys.executable  # the environment snakemake runs in runs the stages too
 
 wildcard_constraints:
     key="[0-9a-f]{12}",
@@ -49,52 +46,42 @@ def upstream(stage):
     return inputs
 
 
-def report_upstream(wildcards):
-    """The report's inputs (every point's evaluate, finetune, generate), none once it is built."""
-    if PLAN.report.manifest.exists():
-        return {}
-    return {name: ancient(str(n.manifest)) for name, n in PLAN.report.inputs.items()}
+def data_inputs(stage):
+    """Input function: the data files a stage reads (keyed by content, so ancient)."""
+    return lambda w: [ancient(p) for p in node(stage, w).data if Path(p).is_file()]
 
 
 def command(stage):
     """Params function: the stage's command, the same string dvc.yaml runs (plan.stage_command)."""
-    def cmd(wildcards):
-        return stage_command(node(stage, wildcards), PY)
-    return cmd
+    return lambda w: stage_command(node(stage, w), PY)
 
 
 def expect(stage):
     """Params function: the artifact folder Snakemake waits for, shell-quoted (a user's
     `artifacts=` value may hold any character; nothing typed reaches the shell unquoted)."""
-    def path(wildcards):
-        return shlex.quote(str(node(stage, wildcards).path))
-    return path
+    return lambda w: shlex.quote(str(node(stage, w).path))
 
 
-def stage_cmd(stage):
-    """MODELMAKE_EXPECT makes the script refuse if its own plan disagrees with the path Snakemake
-    waits for; threads= hands it the cores Snakemake granted. Every value here is quoted (params)
-    or generated (the key matches [0-9a-f]{12}, threads is an int, the log path is ours)."""
-    return "MODELMAKE_EXPECT={params.expect} {params.cmd} threads={threads} > {log} 2>&1"
-
-
-def stage_threads(stage):
-    return int(RES.stages[stage].threads)
+# MODELMAKE_EXPECT makes the stage refuse if its own plan disagrees with the path Snakemake waits
+# for; threads= hands it the cores Snakemake granted. Every value here is quoted (params) or
+# generated (the key matches [0-9a-f]{12}, threads is an int, the log path is ours).
+STAGE_SHELL = "MODELMAKE_EXPECT={params.expect} {params.cmd} threads={threads} > {log} 2>&1"
 
 
 def stage_resources(stage):
-    """What a scheduler gives the stage's job (conf/resources/<group>.yaml): memory, wall time
-    and, for stages that want one, GPUs on the GPU partition (the slurm executor reads `gpu`,
-    `gpu_model`, `slurm_partition`; locally they only count against --resources)."""
-    r = RES.stages[stage]
-    out = {"mem_mb": int(r.mem_mb), "runtime": int(r.runtime)}
-    if r.gpu:
-        out["gpu"] = int(r.gpu)
+    """What a scheduler gives the stage's job (conf/resources/<group>.yaml: its `default` row,
+    then the stage's own): threads, memory, wall time and, for stages that want one, GPUs on the
+    GPU partition (the slurm executor reads `gpu`, `gpu_model`, `slurm_partition`; locally they
+    only count against --resources)."""
+    r = dict(RES.stages.default) | dict(RES.stages.get(stage) or {})
+    out = {"mem_mb": int(r["mem_mb"]), "runtime": int(r["runtime"])}
+    if r["gpu"]:
+        out["gpu"] = int(r["gpu"])
         if RES.gpu_model:
             out["gpu_model"] = str(RES.gpu_model)
         if RES.gpu_partition:
             out["slurm_partition"] = str(RES.gpu_partition)
-    return out
+    return int(r["threads"]), out
 
 
 def show_generations(plan):

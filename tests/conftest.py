@@ -1,81 +1,25 @@
-"""Shared fixtures: one real cold build of the whole chain, in a copy of the project, per session.
+"""Session fixtures: one real cold build of the whole chain, in a copy of the project, per session.
 
 Tests then ask Snakemake itself (dry runs) what a change would rebuild, and compare the built
-ONNX graphs and adapters against torch + peft on the same weights.
+ONNX graphs and adapters against torch + peft on the same weights. A test that asks for a built
+project (these fixtures) is marked `slow` here; `pytest -m "not slow"` (make test-fast) builds nothing.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from modelmake.workflow import config_args, parse_jobs, snakemake_exe
+from helpers.project import SECRETS, build, copy_project, nodes
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("MODELMAKE_SHARED_DATA", REPO.parent / "shared" / "data"))
-IGNORE = shutil.ignore_patterns(".git", ".venv", "artifacts", "logs", ".snakemake", "__pycache__", "registry",
-                                "*.egg-info", ".pytest_cache", "bench", "outputs", ".dvc", "searches")
+BUILDING = {"project", "second", "folders", "built", "smol", "slurm"}  # fixtures that build or start daemons
 
 
-def copy_project(dst: Path, built: Path | None = None) -> Path:
-    """A copy of the project's sources; with `built`, that copy's artifacts come along."""
-    shutil.copytree(REPO, dst, ignore=IGNORE)
-    if built is not None:
-        shutil.copytree(built / "artifacts", dst / "artifacts")
-    return dst
-
-
-def run(project: Path, *args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run a command in `project`, importing that copy's modelmake (its edits count)."""
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # `python` = this venv's
-    env = os.environ | {"PYTHONPATH": str(project / "src"), "PATH": path} | (env or {})
-    return subprocess.run(list(args), cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def snakemake(project: Path, *args: str) -> subprocess.CompletedProcess:
-    return run(project, snakemake_exe(), *args)
-
-
-def build(project: Path, *config: str, env: dict | None = None, until: str | None = None) -> subprocess.CompletedProcess:
-    """Build the config's chain; with `until` (a stage), only that stage and what it needs: a test
-    pays for the stages it reads, not for evaluate, register and report too."""
-    from modelmake.plan import build_plan
-
-    # targets go before --config (Snakemake would read them as config entries)
-    targets = build_plan(overrides=list(config)).targets(until) if until else []
-    args = ["--cores", "2", *targets, *config_args(config)]
-    r = run(project, snakemake_exe(), *args, env=env)
-    assert r.returncode == 0, f"snakemake {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
-    return r
-
-
-def planned_jobs(project: Path, *config: str) -> dict[str, int]:
-    """Snakemake's own dry run: the number of jobs per rule it would run (empty: nothing to do)."""
-    args = ["-n"] + config_args(config)
-    r = snakemake(project, *args)
-    assert r.returncode == 0, f"snakemake {' '.join(args)} failed:\n{r.stderr[-3000:]}"
-    return parse_jobs(r.stdout + r.stderr)
-
-
-def nodes(project: Path, *overrides: str) -> dict:
-    """The plan's nodes for one configuration, with paths inside `project`."""
-    from modelmake.plan import build_plan
-
-    point = build_plan(overrides=list(overrides)).finals[0]
-    for n in point.values():
-        n.path = project / n.path
-    return point
-
-
-# Fake credentials in the cold build's environment: test_faults checks that no file the build
-# wrote holds them.
-SECRETS = {"AZURE_CLIENT_SECRET": "fake-secret-9f8e7d6c5b4a", "HF_TOKEN": "hf_fakeTokenAbCdEf0123456789",
-           "AZURE_CLIENT_ID": "00000000-fake-client-id-1234"}
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if BUILDING & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

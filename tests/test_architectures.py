@@ -20,16 +20,17 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
-from conftest import REPO, copy_project, snakemake
-from modelmake.adapter import ADAPTER_FILE
-from modelmake.errors import ModelmakeError
-from modelmake.export import add_lora, dequantize_checkpoint
-from modelmake.families import FAMILIES, family_for_config
-from modelmake.onnx_lora import write_adapter
-from modelmake.workflow import config_args
 from test_parity import adapters_on, fp32_logit_gap, og_greedy, prompts, torch_greedy
 from test_parity import torch_model as awq_lora_model
+
+from helpers.project import REPO, copy_project, snakemake
+from modelmake.core.errors import ModelmakeError
+from modelmake.graph.snakemake import config_args
+from modelmake.models.awq_fixes import dequantize_checkpoint
+from modelmake.models.families import FAMILIES, family_for_config
+from modelmake.models.onnx_lora import write_adapter
+from modelmake.stages.export import add_lora
+from modelmake.stages.layout import ADAPTER_FILE
 
 og = pytest.importorskip("onnxruntime_genai")
 ARCHS = ["LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM"]
@@ -50,8 +51,14 @@ def make_checkpoint(arch: str, out: Path, seed: int) -> Path:
     import transformers
     from omegaconf import OmegaConf
 
-    from modelmake.base_model import corpus_texts, hf_tokenizer, pack_sequences, padded_vocab, pretrain, \
-        train_tokenizer
+    from modelmake.models.tiny import (
+        corpus_texts,
+        hf_tokenizer,
+        pack_sequences,
+        padded_vocab,
+        pretrain,
+        train_tokenizer,
+    )
 
     torch.manual_seed(seed)
     texts = corpus_texts(REPO / "data" / "travel_sample.jsonl")
@@ -85,7 +92,7 @@ def sweep(folders: dict[str, Path], *extra: str) -> list[str]:
 
 def points(overrides: list[str], project: Path) -> dict[str, dict]:
     """The plan's nodes per architecture (one sweep point each), with paths inside `project`."""
-    from modelmake.plan import build_plan
+    from modelmake.recipe import build_plan
 
     out = {}
     for point in build_plan(overrides=overrides).finals:
@@ -99,7 +106,7 @@ def points(overrides: list[str], project: Path) -> dict[str, dict]:
 
 def build_adapters(project: Path, overrides: list[str]) -> None:
     """Snakemake builds only up to the adapters (targets before --config: else parsed as config)."""
-    from modelmake.plan import build_plan
+    from modelmake.recipe import build_plan
 
     targets = build_plan(overrides=overrides).targets("adapter")
     # one torch thread per job, so two jobs run side by side on two cores
@@ -134,7 +141,7 @@ def torch_model(point, adapter=True):
     fp32 math as awq_fixes' CPU forward, so greedy decoding by full recompute stays fast."""
     import types
 
-    from modelmake.awq_fixes import WQLinear_GEMM, dequantized_weight
+    from modelmake.models.awq_fixes import WQLinear_GEMM, dequantized_weight
 
     model, tok = awq_lora_model(point, adapter)
     for module in model.modules():
@@ -168,7 +175,7 @@ def test_an_unsupported_architecture_is_refused_naming_it_and_the_supported_list
 
 
 def test_a_local_folder_of_an_unsupported_architecture_is_refused_at_plan_time(tmp_path):
-    from modelmake.plan import build_plan
+    from modelmake.recipe import build_plan
 
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
     with pytest.raises(ModelmakeError, match="GPT2LMHeadModel"):
@@ -181,7 +188,7 @@ def test_a_local_folder_of_an_unsupported_architecture_is_refused_at_plan_time(t
     ("export.lora_targets=[mlp.gate_up_proj]", "export.lora_targets"),
 ])
 def test_targets_that_name_no_module_of_the_model_are_refused_naming_the_field(folders, override, field):
-    from modelmake.plan import build_plan
+    from modelmake.recipe import build_plan
 
     ov = ["model=phi35_mini", "model.revision=null", f"model.source={folders['LlamaForCausalLM']}", override]
     with pytest.raises(ModelmakeError, match=f"'{re.escape(field)}'.*LlamaForCausalLM"):

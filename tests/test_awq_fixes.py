@@ -5,9 +5,15 @@ import json
 import pytest
 import torch
 
-from modelmake import awq_fixes
-from modelmake.awq_fixes import WQLinear_GEMM, dequantize_gemm, dequantized_weight, load_awq_model, use_torch_int4_matmul
-from modelmake.awq_quantizer import AwqQuantizer, SafeAwqQuantizer
+from modelmake.models import awq_fixes
+from modelmake.models.awq_fixes import (
+    WQLinear_GEMM,
+    dequantize_gemm,
+    dequantized_weight,
+    load_awq_model,
+    use_torch_int4_matmul,
+)
+from modelmake.models.awq_quantizer import AwqQuantizer, SafeAwqQuantizer
 
 
 def quantized_linear(in_f=128, out_f=64, group=64, seed=0):
@@ -92,8 +98,8 @@ def test_fix3_is_still_needed_upstream_backward_needs_kernels(monkeypatch):
 
 
 def test_fix4_and_5_loader_needs_no_ipex_and_keeps_scales_fp16(tmp_path):
-    from transformers import Phi3Config, Phi3ForCausalLM
     from safetensors.torch import save_file
+    from transformers import Phi3Config, Phi3ForCausalLM
 
     config = Phi3Config(vocab_size=320, hidden_size=128, intermediate_size=256, num_hidden_layers=1,
                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, copy_project, nodes, run
-from modelmake.plan import STAGES, REPORT_STAGE
-from modelmake.workflow import config_args, parse_jobs, snakemake_exe
+from helpers.project import REPO, copy_project, nodes, run
+from modelmake.graph.snakemake import config_args, parse_jobs, snakemake_exe
+from modelmake.recipe import RECIPE
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 UP, DOWN = REPO / "tests" / "cluster" / "slurm-up.sh", REPO / "tests" / "cluster" / "slurm-down.sh"
 SKIP_EXIT = 3  # slurm-up.sh: cannot start here (not root, no apt-get, a real cluster's config)
-ALL_STAGES = [*STAGES, REPORT_STAGE]
+ALL_STAGES = [s.name for s in RECIPE.stages]
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
 
 
@@ -86,7 +86,7 @@ def test_every_stage_ran_as_a_slurm_job(slurm_built):
         assert f"rule {stage}:" in text and "1 of 1 steps (100%) done" in text, text[-2000:]
         assert log.name == f"{jobid}.log"
     assert set(ran) == set(ALL_STAGES)
-    assert {s: ran[s] for s in STAGES} == {s: n.key for s, n in point.items()}
+    assert {s: ran[s] for s in point} == {s: n.key for s, n in point.items()}
 
 
 def test_slurm_keys_equal_a_local_build(slurm_built, project):

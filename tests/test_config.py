@@ -3,8 +3,10 @@
 
 import pytest
 
-from modelmake.errors import ModelmakeError
-from modelmake.plan import CONF_DIR, build_plan, compose, expand_sweep, overrides_from_config
+from modelmake.core.errors import ModelmakeError
+from modelmake.core.paths import CONF_DIR
+from modelmake.graph.overrides import expand_sweep, overrides_from_config
+from modelmake.recipe import build_plan, compose
 
 GROUPS = ["model", "data", "quantize", "lora", "train", "export", "generate"]
 
@@ -63,7 +65,7 @@ def test_an_artifacts_folder_that_cannot_be_one_is_refused(value, why):
 
 
 def test_the_artifacts_folder_moves_every_path_and_reaches_every_command(tmp_path):
-    from modelmake.plan import stage_command
+    from modelmake.recipe import stage_command
 
     plan = build_plan(overrides=[f"artifacts={tmp_path}/a"])
     default = build_plan()
@@ -106,9 +108,9 @@ def test_lora_only_change_keeps_quantize_and_export_keys():
 
 def test_key_covers_the_code_a_stage_imports():
     files = build_plan().finals[0]["finetune"].code["files"]
-    assert "src/modelmake/finetune.py" in files and "src/modelmake/awq_fixes.py" in files
-    assert "scripts/finetune.py" in files
-    assert "src/modelmake/onnx_lora.py" not in files  # not imported by finetune
+    assert "src/modelmake/stages/finetune.py" in files and "src/modelmake/models/awq_fixes.py" in files
+    assert "src/modelmake/models/onnx_lora.py" not in files  # not imported by finetune
+    assert not [f for f in files if "/core/" in f or "/graph/" in f or "/recipe/" in f]  # machinery: never keyed
     libs = build_plan().finals[0]["finetune"].code["libraries"]
     assert set(libs) >= {"torch", "peft", "autoawq", "transformers"}
 
@@ -132,10 +134,10 @@ def test_report_is_one_node_over_every_point():
 
 
 def test_a_command_names_only_the_overrides_its_artifact_depends_on():
-    from modelmake.plan import stage_command
+    from modelmake.recipe import stage_command
 
     point = build_plan(overrides=["train.steps=20", "generate.max_new_tokens=9", "threads=1"]).finals[0]
-    assert stage_command(point["base"]) == "python scripts/base.py"
-    assert stage_command(point["quantize"]) == "python scripts/quantize.py"
-    assert stage_command(point["finetune"]) == "python scripts/finetune.py train.steps=20"
-    assert stage_command(point["generate"]) == "python scripts/generate.py train.steps=20 generate.max_new_tokens=9"
+    assert stage_command(point["base"]) == "python -m modelmake stage base"
+    assert stage_command(point["quantize"]) == "python -m modelmake stage quantize"
+    assert stage_command(point["finetune"]) == "python -m modelmake stage finetune train.steps=20"
+    assert stage_command(point["generate"]) == "python -m modelmake stage generate train.steps=20 generate.max_new_tokens=9"

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from modelmake.dataset import prepare, template_fields
-from modelmake.errors import ModelmakeError
+from modelmake.core.errors import ModelmakeError
+from modelmake.data.templates import template_fields
+from modelmake.stages.dataset import prepare
 
 TEMPLATE = "<|user|>\n{prompt}<|end|>\n<|assistant|>\n{response}<|end|>"
 MARKER = "<|assistant|>\n"

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, config_args, copy_project, run, snakemake
-from modelmake import dvcgen
+from helpers.project import REPO, config_args, copy_project, run, snakemake
+from modelmake.graph import dvc as dvcgen
+from modelmake.recipe import RECIPE
 
 DVC = str(Path(sys.executable).parent / "dvc")
 
@@ -25,13 +26,13 @@ def git(cwd, *args):
 
 
 def test_checked_in_dvc_yaml_is_current():
-    assert dvcgen.is_current(), "dvc.yaml is stale: run `modelmake dvc` (and rebuild + `dvc commit` for dvc.lock)"
+    assert dvcgen.is_current(RECIPE), "dvc.yaml is stale: run `modelmake dvc` (and rebuild + `dvc commit` for dvc.lock)"
 
 
 def test_dvc_yaml_names_only_files_of_the_checkout():
     """A clone elsewhere (CI checks out under another path, with its own venv) must find
     dvc.yaml current: no absolute path, nothing from site-packages."""
-    for name, stage in yaml.safe_load(dvcgen.render())["stages"].items():
+    for name, stage in yaml.safe_load(dvcgen.render(RECIPE))["stages"].items():
         for dep in stage["deps"]:
             assert not Path(dep).is_absolute() and ".venv" not in dep, f"{name}: {dep}"
             assert dep.startswith("artifacts/") or (REPO / dep).is_file(), f"{name}: {dep}"
@@ -52,8 +53,8 @@ def test_dvc_runs_the_commands_snakemake_runs(tmp_path):
         printed = snakemake(copy, "-n", "-p", *config_args(overrides))
         assert printed.returncode == 0, printed.stderr
         out += printed.stdout + printed.stderr
-    for name, stage in dvcgen.generate()["stages"].items():
-        script_and_args = stage["cmd"].split(" ", 1)[1]  # python <script args>: same script, same args
+    for name, stage in dvcgen.generate(RECIPE)["stages"].items():
+        script_and_args = stage["cmd"].split(" ", 1)[1]  # python -m modelmake stage <name> <args>: the same
         assert re.search(rf"MODELMAKE_EXPECT={re.escape(stage['outs'][0])} \S+ {re.escape(script_and_args)} ", out), name
 
 
@@ -65,7 +66,7 @@ def test_clone_and_pull_rebuilds_nothing_and_repro_rebuilds_only_the_stale(proje
     git(repo, "init", "-q")
     sh(repo, DVC, "init", "-q")
     sh(repo, DVC, "remote", "add", "-d", "store", str(remote))
-    sh(repo, sys.executable, "-m", "modelmake.cli", "dvc")
+    sh(repo, sys.executable, "-m", "modelmake", "dvc")
     sh(repo, DVC, "commit", "-f", "-q")  # adopt what Snakemake built, without running anything
     assert "up to date" in sh(repo, DVC, "status")
     sh(repo, DVC, "push", "-q")
@@ -83,7 +84,7 @@ def test_clone_and_pull_rebuilds_nothing_and_repro_rebuilds_only_the_stale(proje
     # (no decode-speed runs in this evaluate: it is the stale set that counts, not its numbers)
     release = ["train.steps=20", "evaluate.speed.enabled=false"]
     (clone / "conf" / "releases.yaml").write_text(f"default: {yaml.safe_dump(release, default_flow_style=True)}")
-    sh(clone, sys.executable, "-m", "modelmake.cli", "dvc")
+    sh(clone, sys.executable, "-m", "modelmake", "dvc")
     ran = re.findall(r"Running stage '(\w+)-[0-9a-f]{12}'", sh(clone, DVC, "repro"))
     assert sorted(ran) == ["adapter", "evaluate", "finetune", "generate", "register", "report"], ran
     assert "Nothing to be done" in sh(clone, str(Path(sys.executable).parent / "snakemake"), "-n", *config_args(release))

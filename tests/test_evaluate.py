@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, build, nodes
-from modelmake.adapter import ADAPTER_FILE
-from modelmake.evaluate import OrtStepper, parity, perplexity, torch_logits
-from modelmake.plan import build_plan
+from helpers.project import SHARED_DATA, build, nodes
+from modelmake.recipe import build_plan
+from modelmake.stages.evaluate import OrtStepper, parity, perplexity, torch_logits
+from modelmake.stages.layout import ADAPTER_FILE
 
 
 def metrics(node):
@@ -18,7 +18,8 @@ def metrics(node):
 def lora_torch(point):
     from peft import PeftModel
     from transformers import AutoTokenizer
-    from modelmake.awq_fixes import load_awq_model
+
+    from modelmake.models.awq_fixes import load_awq_model
 
     qdir = point["quantize"].path / "model"
     model = PeftModel.from_pretrained(load_awq_model(qdir), point["finetune"].path / "adapter").eval()
@@ -26,7 +27,7 @@ def lora_torch(point):
 
 
 def sequences(point, tok, split="eval", n=6):
-    from modelmake.dataset import read_split
+    from modelmake.stages.layout import read_split
     return [tok(r["text"], add_special_tokens=False)["input_ids"] for r in read_split(point["dataset"].path, split)[:n]]
 
 
@@ -105,7 +106,7 @@ def test_on_the_outlier_model_awq_stays_closer_to_fp32_than_rtn(project):
 
 
 def test_report_labels_and_tables_are_well_formed():
-    from modelmake.report import point_labels
+    from modelmake.stages.report import point_labels
 
     assert point_labels([("threads=1",)]) == ["default"]
     assert point_labels([("lora.r=4", "threads=1"), ("lora.r=8", "threads=1")]) == ["lora.r=4", "lora.r=8"]

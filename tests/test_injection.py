@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_project, run
-from modelmake.plan import build_plan
-from modelmake.workflow import config_args, snakemake_exe
-
+from helpers.project import copy_project, run
+from modelmake.graph.snakemake import config_args, snakemake_exe
+from modelmake.recipe import build_plan
 
 MARK = "PWNED-"  # a command that ran would create PWNED-<tag><n> in the project (the shell's cwd)
 

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from conftest import parse_jobs, run, snakemake
-from modelmake import model_source
-from modelmake.errors import ModelmakeError
-from modelmake.plan import build_plan, compose
+from helpers.project import run, snakemake
+from modelmake.core.errors import ModelmakeError
+from modelmake.models import sources as model_source
+from modelmake.recipe import build_plan, compose
 
 SMOL = "model=smollm2_135m"
 
@@ -74,7 +74,7 @@ def test_unsupported_architecture_is_refused_at_plan_time_naming_it(folder, tmp_
     with pytest.raises(ModelmakeError) as e:
         build_plan(overrides=["model=phi35_mini", f"model.source={other}"])
     assert "GPT2LMHeadModel" in str(e.value) and "LlamaForCausalLM" in str(e.value)
-    r = run(other.parent, sys.executable, "-m", "modelmake.cli", "plan", "model=phi35_mini", f"model.source={other}")
+    r = run(other.parent, sys.executable, "-m", "modelmake", "plan", "model=phi35_mini", f"model.source={other}")
     assert r.returncode == 2 and "GPT2LMHeadModel" in r.stderr
 
 
@@ -89,6 +89,7 @@ def test_pickle_only_or_missing_folder_is_refused(folder, tmp_path):
 
 
 def test_hub_id_needs_a_revision_and_a_branch_is_warned_about(caplog, monkeypatch):
+    model_source._resolve.cache_clear()  # a model config is resolved (and warned about) once per process
     monkeypatch.setattr(model_source, "_warned", set())  # warned once per process: another test may have
     with pytest.raises(ModelmakeError, match="model.revision"):
         build_plan(overrides=["model=phi35_mini", "model.revision=null"])
@@ -127,7 +128,7 @@ def test_template_with_escapes_on_the_command_line_builds_the_dataset(project, f
     node = build_plan(overrides=ov).finals[0]["dataset"]
     target = str(node.manifest)
     if form == "modelmake":
-        r = run(project, sys.executable, "-m", "modelmake.cli", "build", *ov, "--", "--cores", "1", target)
+        r = run(project, sys.executable, "-m", "modelmake", "build", *ov, "--", "--cores", "1", target)
     elif form == "list":
         r = snakemake(project, "--cores", "1", target, "--config", "overrides=" + json.dumps(ov))
     else:  # Snakemake's own nested YAML: a real newline arrives, quoted on its way to Hydra
@@ -147,9 +148,9 @@ def test_a_comma_in_a_prompt_is_one_prompt_not_a_sweep():
 def test_no_op_plan_reads_no_weights_twice(folder, monkeypatch, tmp_path):
     """A model folder's content hashes are memoized on disk by path, size, mtime and inode: a new
     process (a new Snakemake start) reads none of the weights again."""
-    from modelmake import hashcache
+    from modelmake.core import hashing as hashcache
 
-    monkeypatch.setenv("MODELMAKE_CACHE", str(tmp_path))
+    monkeypatch.setenv("MODELMAKE_HASH_MEMO", str(tmp_path))
     monkeypatch.setattr(hashcache, "_MEMO", None)
     keys("model=phi35_mini", f"model.source={folder}")
     monkeypatch.setattr(hashcache, "_MEMO", None)  # as a fresh process: only the file on disk

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import build, nodes, run
-from modelmake.adapter import ADAPTER_FILE
-from modelmake.errors import ModelmakeError
-from modelmake.onnx_lora import write_adapter
+from helpers.project import build, nodes, run
+from modelmake.core.errors import ModelmakeError
+from modelmake.models.onnx_lora import write_adapter
+from modelmake.stages.layout import ADAPTER_FILE
 
 og = pytest.importorskip("onnxruntime_genai")
 STEPS = 24
@@ -20,14 +20,15 @@ TOLERANCE = 0.3  # max |logit diff| of the default int4 graph (int8 activations)
 
 
 def prompts(point, n=3):
-    from modelmake.dataset import read_split
+    from modelmake.stages.layout import read_split
     return [r["prompt"] for r in read_split(point["dataset"].path, "eval")[:n]]
 
 
 def torch_model(point, adapter=True):
     from peft import PeftModel
     from transformers import AutoTokenizer
-    from modelmake.awq_fixes import load_awq_model
+
+    from modelmake.models.awq_fixes import load_awq_model
 
     qdir = point["quantize"].path / "model"
     model = load_awq_model(qdir, dtype=torch.float32)
@@ -156,8 +157,9 @@ def test_two_adapters_share_one_graph_and_each_matches_its_own_torch(default, se
 
 
 def test_no_adapter_is_exactly_the_builders_base_graph(default, tmp_path):
-    from modelmake.export import run_builder
     from omegaconf import OmegaConf
+
+    from modelmake.stages.export import run_builder
 
     e = OmegaConf.create(default["export"].config["export"])
     run_builder(default["quantize"].path / "model", tmp_path / "plain", e, tmp_path / "cache", tmp_path / "b.log")
@@ -230,6 +232,6 @@ def test_onnxruntime_genai_itself_refuses_a_foreign_adapter(default, tmp_path):
 
 
 def test_cli_streams_with_the_adapter(project, default):
-    r = run(project, sys.executable, "-m", "modelmake.cli", "generate", "--prompt", "What food should I try in Lisbon?", "--max-new-tokens", "12")
+    r = run(project, sys.executable, "-m", "modelmake", "generate", "--prompt", "What food should I try in Lisbon?", "--max-new-tokens", "12")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() and "tokens/s" in r.stderr

@@ -2,12 +2,22 @@
 dry run), atomic refusal, the shared travel set through the whole chain."""
 
 import json
-import sys
 import shutil
+import sys
 
 import pytest
 
-from conftest import SHARED_DATA, build, copy_project, nodes, parse_jobs, planned_jobs, run, snakemake
+from helpers.project import (
+    SHARED_DATA,
+    build,
+    copy_project,
+    nodes,
+    parse_jobs,
+    planned_jobs,
+    run,
+    snakemake,
+)
+
 
 def once(*stages):
     return {s: 1 for s in stages}
@@ -101,14 +111,14 @@ def test_a_refused_stage_leaves_no_folder_behind(project, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
     before = set((project / "artifacts" / "dataset").iterdir())
-    r = run(project, sys.executable, "scripts/dataset.py", f"data.path={bad}")
+    r = run(project, sys.executable, "-m", "modelmake", "stage", "dataset", f"data.path={bad}")
     assert r.returncode == 2
     assert f"{bad}:2: field 'response' is missing" in r.stderr
     assert set((project / "artifacts" / "dataset").iterdir()) == before  # no final, no temp folder
 
 
 def test_a_stage_alone_refuses_when_its_input_is_not_built(project):
-    r = run(project, sys.executable, "scripts/finetune.py", "quantize.group_size=128")
+    r = run(project, sys.executable, "-m", "modelmake", "stage", "finetune", "quantize.group_size=128")
     assert r.returncode == 2
     assert "input 'quantize' is not built" in r.stderr
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import REPO, run
-from modelmake.plan import compose
+from helpers.project import REPO, run
+from modelmake.recipe import compose
 
 
 @pytest.mark.parametrize("name", ["slurm", "kubernetes"])
@@ -43,7 +43,7 @@ def test_slurm_status_wait_is_capped_on_the_pinned_plugin():
 
     from snakemake_executor_plugin_slurm import Executor
 
-    from modelmake.cluster import PLUGIN, PLUGIN_VERSION, cap_status_interval
+    from modelmake.graph.cluster import PLUGIN, PLUGIN_VERSION, cap_status_interval
 
     assert version(PLUGIN) == PLUGIN_VERSION  # requirements/base.txt pins the version it was read from
     before = Executor.__dict__.get("next_seconds_between_status_checks")

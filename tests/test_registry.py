@@ -12,13 +12,19 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import build, copy_project, nodes, run, snakemake
-from modelmake.workflow import config_args
-from modelmake.errors import ModelmakeError
-from modelmake.plan import build_plan, compose
-from modelmake.provenance import verify
-from modelmake.registry import DIGEST_TAG, RECEIPT, AzureMLRegistry, azure_model, write_model_yml
-from modelmake.registry import build as register_build
+from helpers.project import build, copy_project, nodes, run, snakemake
+from modelmake.core.errors import ModelmakeError
+from modelmake.core.manifest import verify
+from modelmake.graph.snakemake import config_args
+from modelmake.recipe import build_plan, compose
+from modelmake.stages.register import (
+    DIGEST_TAG,
+    RECEIPT,
+    AzureMLRegistry,
+    azure_model,
+    write_model_yml,
+)
+from modelmake.stages.register import build as register_build
 
 
 def receipt(node):
@@ -48,7 +54,7 @@ def test_default_target_ends_registered_with_lineage_tags(project):
 
 def test_registering_again_adds_nothing_and_new_content_is_the_next_version(project):
     first = receipt(nodes(project)["register"])
-    r = run(project, sys.executable, "scripts/register.py", env={"MODELMAKE_FORCE": "1"})
+    r = run(project, sys.executable, "-m", "modelmake", "stage", "register", env={"MODELMAKE_FORCE": "1"})
     assert r.returncode == 0, r.stderr
     again = receipt(nodes(project)["register"])
     assert again["version"] == first["version"] == "1" and again["created"] is False
@@ -76,7 +82,7 @@ def test_name_clash_with_other_content_is_reported_not_overwritten(project):
 
 def test_unreachable_registry_is_a_clear_error_and_writes_no_receipt(project):
     ov = "register.local.tracking_uri=http://127.0.0.1:9"
-    r = run(project, sys.executable, "scripts/register.py", ov)
+    r = run(project, sys.executable, "-m", "modelmake", "stage", "register", ov)
     assert r.returncode == 2 and "registry http://127.0.0.1:9" in r.stderr, r.stderr
     assert not nodes(project, ov)["register"].path.exists()
 
@@ -87,7 +93,7 @@ def test_artifact_that_does_not_match_its_manifest_is_refused(project, tmp_path)
     shutil.rmtree(point["register"].path)
     with (point["export"].path / "model" / "genai_config.json").open("a") as f:
         f.write(" ")
-    r = run(copy, sys.executable, "scripts/register.py")
+    r = run(copy, sys.executable, "-m", "modelmake", "stage", "register")
     assert r.returncode == 2
     assert "does not match its manifest" in r.stderr and "genai_config.json: content changed" in r.stderr
     assert not point["register"].path.exists()
@@ -167,7 +173,7 @@ def test_azureml_without_a_workspace_is_refused(monkeypatch):
 # --- lineage ----------------------------------------------------------------------------------
 def test_explain_prints_the_lineage_back_to_the_data_hash(project):
     point = nodes(project)
-    r = run(project, sys.executable, "-m", "modelmake.cli", "explain", str(point["register"].path), "--verify")
+    r = run(project, sys.executable, "-m", "modelmake", "explain", str(point["register"].path), "--verify")
     assert r.returncode == 0, r.stderr
     data_sha = hashlib.sha256((project / "data" / "travel_sample.jsonl").read_bytes()).hexdigest()
     assert f"data data/travel_sample.jsonl sha256:{data_sha}" in r.stdout
@@ -183,7 +189,7 @@ def test_concurrent_registrations_to_one_sqlite_registry_all_succeed(tmp_path):
     script = textwrap.dedent("""
         import sys
         from pathlib import Path
-        from modelmake.registry import MlflowRegistry
+        from modelmake.stages.register import MlflowRegistry
         r = MlflowRegistry("sqlite:///reg/mlflow.db", "reg/artifacts", "modelmake")
         print(r.register("ft-for-travel", None, "d", {"modelmake.t": "1"}, Path(sys.argv[1]), sys.argv[1])["version"])
     """)

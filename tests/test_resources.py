@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import REPO, run
-from modelmake.plan import build_plan, compose, stage_command
-from modelmake.workflow import config_args, snakemake_exe
+from helpers.project import REPO, run
+from modelmake.graph.snakemake import config_args, snakemake_exe
+from modelmake.recipe import build_plan, compose, stage_command
 
 CHANGES = [
     ("resources=gpu_node",),
@@ -27,13 +27,14 @@ def test_a_resources_change_keeps_every_key_and_command(change):
     assert {k: v for k, v in after.items() if k[0] != "report"} == {k: v for k, v in before.items() if k[0] != "report"}
 
 
-def test_every_stage_has_resources_in_both_groups():
-    from modelmake.plan import REPORT_STAGE, STAGES
+def test_every_resources_row_names_a_stage_and_has_every_field():
+    from modelmake.recipe import RECIPE
 
     for group in ("cpu_small", "gpu_node"):
         stages = compose((f"resources={group}",)).resources.stages
-        assert set(stages) == {*STAGES, REPORT_STAGE}, group
+        assert set(stages) - {"default"} <= {s.name for s in RECIPE.stages}, group  # no typo'd stage
         for stage, r in stages.items():
+            assert set(r) == {"threads", "mem_mb", "runtime", "gpu"}, (group, stage)
             assert r.threads >= 1 and r.mem_mb > 0 and r.runtime > 0 and r.gpu >= 0, (group, stage)
     gpu = compose(("resources=gpu_node",)).resources.stages
     assert gpu.quantize.gpu == gpu.finetune.gpu == 1

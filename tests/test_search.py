@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from conftest import nodes, run
-from modelmake.errors import ModelmakeError
+from helpers.project import nodes, run
+from modelmake.core.errors import ModelmakeError
 from modelmake.search import load_spec, point_overrides
 
 SPEC = """# test search
@@ -63,7 +63,8 @@ def test_rerun_resumes_the_study_and_builds_nothing(project, searched):
 
 
 def test_every_search_spec_is_valid_and_composes():
-    from modelmake.plan import CONF_DIR, build_plan
+    from modelmake.core.paths import CONF_DIR
+    from modelmake.recipe import build_plan
 
     for path in (CONF_DIR / "search").glob("*.yaml"):
         spec = load_spec(path.stem)

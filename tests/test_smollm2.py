@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import config_args, copy_project, nodes, run, snakemake_exe
+from helpers.project import config_args, copy_project, nodes, run, snakemake_exe
 
 # the smollm2 experiment, made cheap: 4 calibration samples without the clip search, 12 steps (30
 # steps took the held-out PPL from 59.6 to 27.5: the margin the assertions need is far smaller)
@@ -59,7 +59,7 @@ def test_quantize_reports_its_distance_from_the_flop_floor(smol):
 
 def test_cli_generate_renders_the_chat_prompt_and_streams(smol):
     project = smol["base"].path.parents[2]
-    r = run(project, sys.executable, "-m", "modelmake.cli", "generate", "--prompt",
+    r = run(project, sys.executable, "-m", "modelmake", "generate", "--prompt",
             "What food should I try in Lisbon?", "--max-new-tokens", "12", *SMOL)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip() and "tokens/s" in r.stderr

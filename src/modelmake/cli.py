@@ -6,6 +6,7 @@
   modelmake explain ARTIFACT [--verify]                 how it was made, back to the data
   modelmake dvc [--check]                               regenerate dvc.yaml from the plan
   modelmake search NAME [--trials N] [overrides...]     Optuna search (conf/search/NAME.yaml)
+  modelmake stage NAME [overrides...]                   build one stage (its inputs must be built)
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import os
 import sys
 from pathlib import Path
 
-from modelmake.errors import ModelmakeError
-from modelmake.plan import ROOT, build_plan
-from modelmake.workflow import run_snakemake, snakemake_command
+from modelmake.core.errors import ModelmakeError
+from modelmake.core.paths import ROOT
+from modelmake.graph.snakemake import run_snakemake, snakemake_command
+from modelmake.recipe import RECIPE, build_plan, compose, stage_node
 
 
 def cmd_build(args) -> int:
@@ -49,10 +51,9 @@ def cmd_plan(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from modelmake.adapter import ADAPTER_FILE
-    from modelmake.dataset import TEMPLATE_FILE, load_template
-    from modelmake.generate import prompt_text, stream
-    from modelmake.plan import compose
+    from modelmake.data.templates import prompt_text
+    from modelmake.stages.generate import stream
+    from modelmake.stages.layout import ADAPTER_FILE, TEMPLATE_FILE, load_template
 
     plan = build_plan(overrides=args.overrides)
     cfg, point = compose(plan.points[0]), plan.finals[0]
@@ -73,21 +74,21 @@ def cmd_generate(args) -> int:
 
 
 def cmd_dvc(args) -> int:
-    from modelmake import dvcgen
+    from modelmake.graph import dvc as dvcgen
 
     if args.check:
-        if dvcgen.is_current():
+        if dvcgen.is_current(RECIPE):
             print("dvc.yaml is current")
             return 0
         print("dvc.yaml is stale: run `modelmake dvc`", file=sys.stderr)
         return 1
-    changed = dvcgen.write()
+    changed = dvcgen.write(RECIPE)
     print("dvc.yaml " + ("written" if changed else "unchanged"))
     return 0
 
 
 def cmd_explain(args) -> int:
-    from modelmake.provenance import explain, verify_lineage
+    from modelmake.core.manifest import explain, verify_lineage
 
     path = Path(args.artifact)
     if path.name == "manifest.json":
@@ -104,6 +105,17 @@ def cmd_search(args) -> int:
 
     folder = run(args.name, args.trials, args.overrides, args.snakemake)
     print(f"search summary: {folder.relative_to(ROOT)}/summary.md")
+    return 0
+
+
+def cmd_stage(args) -> int:
+    from modelmake.graph.runner import guarded, run_node, stage_build
+
+    def run():
+        node, cfg = stage_node(args.name, args.overrides)
+        run_node(node, cfg, stage_build(RECIPE.spec(args.name).module))
+
+    guarded(run)
     return 0
 
 
@@ -138,12 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("name", help="a search spec in conf/search/")
     s.add_argument("--trials", type=int, help="finished trials wanted (default: the spec's n_trials)")
     s.add_argument("overrides", nargs="*", help="fixed overrides for every trial")
+    st = sub.add_parser("stage", help="build one stage of the chain (what each rule and dvc.yaml stage runs)")
+    st.add_argument("name", choices=[spec.name for spec in RECIPE.stages])
+    st.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     args.snakemake = extra
     os.chdir(ROOT)
     try:
         commands = {"build": cmd_build, "plan": cmd_plan, "generate": cmd_generate, "dvc": cmd_dvc,
-                    "explain": cmd_explain, "search": cmd_search}
+                    "explain": cmd_explain, "search": cmd_search, "stage": cmd_stage}
         return commands[args.command](args)
     except ModelmakeError as e:
         print(f"modelmake: error: {e}", file=sys.stderr)

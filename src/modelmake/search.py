@@ -22,9 +22,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from modelmake.atomic import write_json, write_text
-from modelmake.errors import ModelmakeError
-from modelmake.plan import CONF_DIR, ROOT, STAGES, build_plan, digest, format_value
+from modelmake.core.atomic import write_json, write_text
+from modelmake.core.errors import ModelmakeError
+from modelmake.core.paths import CONF_DIR, ROOT
+from modelmake.graph.overrides import format_value
+from modelmake.graph.plan import KEY_LEN, digest
+from modelmake.recipe import RECIPE, build_plan
 
 SEARCH_DIR = CONF_DIR / "search"
 SAMPLERS = ("tpe", "random", "grid")
@@ -97,7 +100,7 @@ def study_id(spec: SearchSpec) -> str:
     point = build_plan(overrides=spec.overrides).finals[0]
     pipeline = {s: {"code": n.code["sha256"], "data": sorted(n.data.values())} for s, n in point.items()}
     kept = {k: v for k, v in spec.__dict__.items() if k != "n_trials"}  # more trials extend the same study
-    return f"{spec.name}-{digest({'spec': kept, 'pipeline': pipeline})}"
+    return f"{spec.name}-{digest({'spec': kept, 'pipeline': pipeline})[:KEY_LEN]}"
 
 
 def make_sampler(spec: SearchSpec):
@@ -120,11 +123,11 @@ def upstream_of(node) -> list:
 
 def build_point(overrides: list[str], snakemake_args: list[str]) -> tuple[dict, list[str]]:
     """Build one point's evaluate artifact through Snakemake; (its metrics, the stages it had to build)."""
-    from modelmake.workflow import run_snakemake, snakemake_command
+    from modelmake.graph.snakemake import run_snakemake, snakemake_command
 
     ev = build_plan(overrides=overrides).finals[0]["evaluate"]  # refuses a bad config before Snakemake starts
     missing = sorted({n.stage for n in upstream_of(ev) if not (ROOT / n.manifest).exists()},
-                     key=list(STAGES).index)
+                     key=[s.name for s in RECIPE.stages].index)
     if "evaluate" in missing:
         rc = run_snakemake(snakemake_command(overrides, [*snakemake_args, str(ev.manifest)]), cwd=ROOT)
         if rc != 0:
@@ -183,7 +186,7 @@ def write_summary(spec: SearchSpec, study, folder: Path) -> None:
     """trials.json, summary.md and history.png: what was tried, what it scored, what it had to build."""
     import optuna
 
-    from modelmake.report import markdown_tables, plot_search_history, tables
+    from modelmake.stages.report import markdown_tables, plot_search_history, tables
 
     trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not trials:

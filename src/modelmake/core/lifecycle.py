@@ -1,0 +1,69 @@
+"""A stage process dies with the build that started it.
+
+Snakemake runs each stage as `bash -c "... python -m modelmake stage <name>"`. After a kill -9 of
+Snakemake, bash and the stage ran on as orphans, writing an artifact nobody waits for. So a stage:
+- asks the kernel for SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG),
+- watches the Snakemake process itself (MODELMAKE_PARENT_PID, set by the workflow as it loads),
+  since bash, its direct parent, outlives Snakemake;
+- turns SIGTERM into SystemExit, so the temporary folder and the scratch folders are removed on
+  the way out (atomic_dir, scratch_dir), as on any other failure.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+
+PARENT_ENV = "MODELMAKE_PARENT_PID"
+PR_SET_PDEATHSIG = 1
+
+
+def pdeathsig(sig: int = signal.SIGTERM) -> None:
+    """Deliver `sig` to this process when its parent dies (Linux; a no-op elsewhere). Also usable
+    as a subprocess preexec_fn, so a stage's own children die with it."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie still answers kill(0): read its state
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def die_with_parent(poll_s: float = 0.5) -> None:
+    """Install the three guards above in a stage process (main thread)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
+    pdeathsig()
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not parent.isdigit() or int(parent) == os.getpid():
+        return
+    pid = int(parent)
+    if not _alive(pid):  # the build is already gone
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def watch():
+        while _alive(pid):
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="modelmake-watchdog", daemon=True).start()

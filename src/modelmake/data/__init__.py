@@ -1,0 +1,1 @@
+"""Training data: reading prompt/response records, text and chat templates."""

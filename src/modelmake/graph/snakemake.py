@@ -1,0 +1,96 @@
+"""Talking to Snakemake: its executable, Hydra overrides as `--config`, its dry-run job table,
+running it with the failing stage's reason printed last."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from modelmake.core.paths import ROOT
+from modelmake.graph.overrides import OVERRIDES_KEY
+
+
+def snakemake_exe() -> str:
+    """The snakemake of the running environment (the scripts then run in that environment too)."""
+    local = Path(sys.executable).parent / "snakemake"
+    return str(local) if local.exists() else (shutil.which("snakemake") or "snakemake")
+
+
+def config_args(overrides) -> list[str]:
+    """Hydra overrides as Snakemake `--config` (Snakemake refuses dotted keys; see plan.py)."""
+    overrides = list(overrides)
+    return ["--config", f"{OVERRIDES_KEY}={json.dumps(overrides)}"] if overrides else []
+
+
+def snakemake_command(overrides, extra=()) -> list[str]:
+    """Snakemake on this project for these Hydra overrides; `extra`: its own arguments and targets.
+
+    `--config` takes every word after it, so it goes last: a target after it would be read as a
+    config entry. `--nolock`: two builds that share artifacts run together; each artifact has its
+    own lock in the stage runner (stage.run_node), which Snakemake's whole-run lock would forbid."""
+    extra = list(extra)
+    cmd = [snakemake_exe(), "--snakefile", str(ROOT / "Snakefile"), "--directory", str(ROOT), "--nolock"]
+    # a workflow profile (modelmake build --profile) sets its own cores: for cluster jobs too,
+    # Snakemake caps each rule's threads at --cores, and "all" would mean the submit host's
+    if "--cores" not in extra and "-c" not in extra and "--workflow-profile" not in extra:
+        cmd += ["--cores", "all"]
+    return cmd + extra + config_args(overrides)
+
+
+def failures(output: str) -> list[tuple[str, str | None]]:
+    """(rule, log path) of each failed job in Snakemake's output."""
+    found = []
+    for block in re.split(r"^(?=Error in rule )", output, flags=re.M)[1:]:
+        rule = re.match(r"Error in rule (\w+):", block).group(1)
+        log = re.search(r"^\s+log: (\S+)", block, flags=re.M)
+        found.append((rule, log.group(1) if log else None))
+    return found
+
+
+def reason(log: Path, max_lines: int = 6) -> str:
+    """A stage's refusal from its log: the `modelmake: error:` line (and what it lists), else the
+    last line (an exception's message)."""
+    try:
+        lines = log.read_text(errors="replace").rstrip().splitlines()
+    except OSError:
+        return f"(no log at {log})"
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("modelmake: error: "):
+            return "\n".join([lines[i][len("modelmake: error: "):], *lines[i + 1:i + max_lines]])
+    # an unexpected exception: its traceback's last line (Hydra prints a hint after it)
+    for line in reversed(lines):
+        if EXCEPTION_LINE.match(line):
+            return line
+    return lines[-1] if lines else "(empty log)"
+
+
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
+
+
+def run_snakemake(cmd: list[str], cwd: Path = ROOT) -> int:
+    """Run Snakemake, passing its output through; on failure end with each failed stage's reason
+    and log path, so the cause is the last thing printed, not buried in Snakemake's error block."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1)
+    seen = []
+    for line in proc.stderr:
+        sys.stderr.write(line)
+        seen.append(line)
+    rc = proc.wait()
+    if rc != 0:
+        for rule, log in failures("".join(seen)):
+            why = reason(Path(cwd) / log) if log else "(no log)"
+            print(f"modelmake: {rule} failed: {why}" + (f"\n  log: {log}" if log else ""), file=sys.stderr)
+    return rc
+
+
+def parse_jobs(output: str) -> dict[str, int]:
+    """Jobs per rule from Snakemake's output (`Job stats:` table); {} when nothing is to be done."""
+    if "Nothing to be done" in output or "Job stats:" not in output:
+        return {}
+    table = output.split("Job stats:", 1)[1]
+    jobs = {k: int(v) for k, v in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M)}
+    return {k: v for k, v in jobs.items() if k not in ("total", "all")}

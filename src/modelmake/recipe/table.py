@@ -1,0 +1,78 @@
+"""The recipe's stages, in dependency order: each is declared here once. The Snakefile makes one
+rule per row (rules/stages.smk), `python -m modelmake stage NAME` runs one (its module's `build`),
+dvc.yaml is generated from the plan over these rows, and resources come from conf/resources/.
+
+A row names the config groups keyed into its artifact, its input stages and the libraries whose
+versions it depends on; its code key starts at `modelmake.stages.<name>` (graph.codeversion).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from modelmake.core.errors import ModelmakeError
+from modelmake.core.hashing import file_sha256
+from modelmake.core.paths import ROOT
+from modelmake.graph.plan import Recipe, StageSpec
+from modelmake.models import sources
+from modelmake.recipe.checks import FREE_TEXT, check
+
+
+def _data_file(field_name: str, value: str) -> Path:
+    path = Path(value)
+    full = path if path.is_absolute() else ROOT / path
+    if not full.exists():
+        raise ModelmakeError(f"config field '{field_name}': data file not found: {value}")
+    if full.is_dir():
+        raise ModelmakeError(f"config field '{field_name}': {value} is a directory, not a data file")
+    if not full.is_file():
+        raise ModelmakeError(f"config field '{field_name}': {value} is not a regular file")
+    return full
+
+
+def dataset_data(cfg: DictConfig) -> dict[str, str]:
+    return {cfg.data.path: file_sha256(_data_file("data.path", cfg.data.path))}
+
+
+def base_data(cfg: DictConfig) -> dict[str, str]:
+    return sources.resolve(cfg.model).files
+
+
+TORCH = ("torch", "transformers", "safetensors")
+STAGES = (
+    StageSpec("base", "the base model: the tiny Phi-3, a dequantized GGUF, a copied folder or a hub reference",
+              ("model",), (), (*TORCH, "tokenizers", "gguf"), data=base_data),
+    # rendered for a model: with data.template=chat, through its tokenizer's template
+    StageSpec("dataset", "train.jsonl / eval.jsonl: validated, rendered, split without leaks",
+              ("data",), ("base",), ("transformers", "tokenizers"), data=dataset_data),
+    StageSpec("quantize", "AutoAWQ 4-bit GEMM checkpoint, calibrated on the training split",
+              ("quantize",), ("base", "dataset"), (*TORCH, "autoawq")),
+    StageSpec("finetune", "peft LoRA adapter trained on the int4 base (QLoRA-style)",
+              ("lora", "train"), ("quantize", "dataset"), (*TORCH, "autoawq", "peft")),
+    StageSpec("export", "onnxruntime-genai int4 graph of the AWQ weights, LoRA weights as optional inputs",
+              ("export",), ("quantize",),
+              ("torch", "transformers", "autoawq", "onnx", "onnx-ir", "onnxruntime", "onnxruntime-genai")),
+    StageSpec("adapter", "the LoRA adapter as an .onnx_adapter, checked against the graph",
+              (), ("finetune", "export"), ("onnx", "onnxruntime", "onnxruntime-genai", "safetensors", "numpy")),
+    StageSpec("generate", "a streamed generation with the adapter active, the base model's answer beside it",
+              ("generate",), ("dataset", "export", "adapter"), ("onnxruntime-genai",)),
+    StageSpec("evaluate", "perplexities (fp32, RTN, AWQ, AWQ+LoRA, ONNX+LoRA), parity, accuracy, speed, sizes",
+              ("evaluate", "train"), ("base", "dataset", "quantize", "finetune", "export", "adapter"),
+              (*TORCH, "autoawq", "peft", "onnxruntime-genai")),
+    StageSpec("register", "the ONNX model + adapter as a versioned model asset (MLflow or Azure ML)",
+              ("register",), ("export", "adapter", "generate"), ("mlflow", "azure-ai-ml")),
+    StageSpec("report", "one page over every point of a run or sweep: tables, plots, generations",
+              ("report",), ("evaluate", "finetune", "generate"), ("matplotlib",), over_points=True,
+              outputs=("report.html",)),
+)
+
+RECIPE = Recipe(
+    stages=STAGES,
+    final="register",
+    # fields naming data files: keyed by the files' content (the stage's data), not by where they lie
+    path_fields={"data": ("path",), "model": ("corpus", "source", "package")},
+    free_text=FREE_TEXT,
+    check=check,
+)

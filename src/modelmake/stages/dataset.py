@@ -1,0 +1,63 @@
+"""The dataset stage: read a JSONL, validate every record, render the template, split.
+
+Every bad record is reported with its file, line and field, all at once, and nothing is written
+(modelmake.data.records); a chat template is rendered through the base model's tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from modelmake.core.errors import ModelmakeError
+from modelmake.data.records import read_records, split, write_jsonl
+from modelmake.data.templates import (
+    CHAT,
+    check_chat_rendering,
+    effective_template,
+    render,
+    role_tokens,
+    template_fields,
+)
+from modelmake.stages.layout import TEMPLATE_FILE, model_location
+
+
+def prepare(path: Path, template: str, marker: str, eval_fraction: float, seed: int, check=None,
+            forbidden: list[str] = ()):
+    fields = template_fields(template)
+    if marker and marker not in template:
+        raise ModelmakeError(f"data.response_marker {marker!r} does not occur in data.template")
+    records = read_records(path, fields, forbidden)
+    items = [render(template, marker, r) for r in records]
+    if check is not None:
+        check(items, records)
+    train, evals = split(items, eval_fraction, seed)
+    for name, part in (("train", train), ("eval", evals)):
+        if not part:
+            raise ModelmakeError(
+                f"{path}: the {name} split is empty ({len(items)} records, "
+                f"{len({i['text'] for i in items})} distinct, data.eval_fraction={eval_fraction})"
+            )
+    return train, evals
+
+
+def build(node, out: Path, cfg) -> dict:
+    d = cfg.data
+    tok, check = None, None
+    if d.template == CHAT:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model_location(node.inputs["base"].path),
+                                            trust_remote_code=bool(cfg.model.trust_remote_code))
+        check = lambda items, records: check_chat_rendering(  # noqa: E731
+            tok, items, records, d.fields.user, d.fields.assistant, d.get("system"), Path(d.path))
+    template, marker = effective_template(d, tok)
+    # a record that forges a turn (holds one of the template's role tokens) is refused, file:line:field
+    forbidden = [] if d.allow_special_tokens else role_tokens(template)
+    train, evals = prepare(Path(d.path), template, marker, d.eval_fraction, d.seed, check, forbidden)
+    write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "eval.jsonl", evals)
+    (out / TEMPLATE_FILE).write_text(json.dumps(
+        {"template": template, "response_marker": marker, "from": "chat" if d.template == CHAT else "text"}, indent=2))
+    return {"records": len(train) + len(evals), "train": len(train), "eval": len(evals),
+            "distinct": len({i["text"] for i in train + evals})}

@@ -1,0 +1,1 @@
+"""Test helpers: project copies and builds (`project`), fault injection (`faults`)."""
