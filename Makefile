@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements/*.txt pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench clean
+.PHONY: install run test test-fast lint bench clean
 
 $(STAMP): requirements/base.txt requirements/no-deps.txt requirements/constraints.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,8 +19,8 @@ $(STAMP): requirements/base.txt requirements/no-deps.txt requirements/constraint
 install: $(STAMP)
 
 ## the whole recipe on a real model (SmolLM2-135M-Instruct, packaged), printing its fine-tuned answer
-## next to the base model's; then DVC adopts the outputs (dvc.lock records this build: manifests
-## carry times and host, so every build differs). The tiny fixture alone: snakemake --cores all
+## next to the base model's; then DVC adopts the outputs into dvc.lock. The tiny fixture alone:
+## .venv/bin/snakemake --cores all
 run: install
 	$(VENV)/bin/modelmake build experiment=smollm2
 	if $(VENV)/bin/modelmake dvc --check >/dev/null; then $(VENV)/bin/dvc commit -f -q; fi
@@ -28,6 +28,14 @@ run: install
 ## the test suite (what CI runs)
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+## the tests that build nothing (a couple of minutes): the loop while editing
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+## ruff over the Python (pyproject.toml's settings) and Snakemake's own lint over the workflow
+lint: install
+	VENV=$(VENV) bash .ci/lint
 
 ## cold / no-op / incremental timings of the build graph; sweep sharing and decode speed; the tiny
 ## fixture and SmolLM2 side by side; faults survived; the same build through SLURM

@@ -21,6 +21,11 @@ rule all:
 
 
 onstart:
+    # Stop means stop: SIGTERM/SIGINT end the running stages (not Snakemake's wait for them).
+    # The scheduler, which installs Snakemake's own SIGTERM handler, exists from here on.
+    from modelmake.core.lifecycle import stop_children_on_signal
+
+    stop_children_on_signal()
     # the executor exists from here on (not while the Snakefile is read)
     if RES.get("slurm_status_max_s") and workflow.executor_plugin.name == "slurm":
         from modelmake.graph.cluster import cap_status_interval

@@ -7,12 +7,12 @@ without that stage's artifact, kill -9 of the stage process at a seeded random p
 stage, then kill -9 of Snakemake inside it, then one plain `modelmake build` (no flag). Then two
 concurrent sweeps sharing quantize and export, and a set of bad data files given to the dataset
 stage. Prints one table: faults injected, survived without a flag, bytes left behind, artifacts
-built twice, bad inputs refused with file:line.
+built twice, bad inputs refused with file:line; the same goes to its section of bench/RESULTS.md
+(`bench:faults`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import shutil
@@ -21,22 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from helpers.faults import (  # noqa: E402
-    built_twice,
-    kill_inside,
-    leftovers,
-    scratch_folders,
-    size,
-    start,
-)
-from helpers.project import (  # noqa: E402  (the tests' fresh-copy helpers)
-    copy_project,
-    nodes,
-    run,
-)
-from modelmake.graph.snakemake import snakemake_exe  # noqa: E402
+from common import md_table, parser, read_manifest, timed, write_section
+from helpers.faults import built_twice, kill_inside, leftovers, scratch_folders, size, start
+from helpers.project import copy_project, nodes, run  # the tests' fresh-copy helpers (common put tests/ on sys.path)
+from modelmake.graph.snakemake import snakemake_exe
 
 GOOD = json.dumps({"prompt": "Where to?", "response": "Lisbon."})
 BAD_INPUTS = {  # name -> (bytes, what the refusal must name)
@@ -50,7 +38,7 @@ BAD_INPUTS = {  # name -> (bytes, what the refusal must name)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--seed", type=int, default=10)
     ap.add_argument("--stages", default="base,quantize,finetune,export,adapter,register")
     args = ap.parse_args()
@@ -58,13 +46,11 @@ def main() -> None:
     rows = []
     try:
         built = copy_project(work / "built")
-        r = run(built, snakemake_exe(), "--cores", "2")
-        if r.returncode != 0:
-            sys.exit(f"cold build failed:\n{r.stderr[-3000:]}")
+        timed(built, snakemake_exe(), "--cores", "2", what="cold build")
         scratch0 = scratch_folders()
         for stage in args.stages.split(","):
             p = copy_project(work / stage, built=built)
-            seconds = json.loads(nodes(p)[stage].manifest.read_text())["seconds"]
+            seconds = read_manifest(nodes(p)[stage])["seconds"]
             shutil.rmtree(nodes(p)[stage].path)
             if stage == "register":
                 shutil.rmtree(p / "registry", ignore_errors=True)
@@ -79,7 +65,8 @@ def main() -> None:
         p = copy_project(work / "concurrent", built=built)
         for stage in ("quantize", "export"):
             shutil.rmtree(nodes(p)[stage].path)
-        procs = [start(p, ["modelmake", "build", f"generate.max_new_tokens={s}", "--", "--cores", "1"], work / f"c{i}.log")
+        procs = [start(p, ["modelmake", "build", f"generate.max_new_tokens={s}", "--", "--cores", "1"],
+                       work / f"c{i}.log")
                  for i, s in enumerate(("8,9", "9,10"))]
         ok = sum(proc.wait() == 0 for proc in procs)
         rows.append({"fault": "two concurrent sweeps sharing quantize, export, a generate", "injected": 1,
@@ -93,14 +80,23 @@ def main() -> None:
             refused += r.returncode == 2 and f"{path}{must}" in r.stderr
     finally:
         subprocess.run(["rm", "-rf", str(work)])
-    print("\n| fault | injected | survived without a flag | bytes left behind | artifacts built twice |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['fault']} | {r['injected']} | {r['survived']} | {r['left_bytes']} | {r['twice']} |")
     total = {k: sum(r[k] for r in rows) for k in ("injected", "survived", "left_bytes", "twice")}
-    print(f"| **all** | {total['injected']} | {total['survived']} | {total['left_bytes']} | {total['twice']} |")
-    print(f"\nbad inputs tried: {len(BAD_INPUTS)}, refused naming file:line: {refused} "
-          f"({', '.join(BAD_INPUTS)})")
+    table = md_table(
+        ("fault", "injected", "survived without a flag", "bytes left behind", "artifacts built twice"),
+        [[r["fault"], r["injected"], r["survived"], r["left_bytes"], r["twice"]] for r in rows]
+        + [["**all**", total["injected"], total["survived"], total["left_bytes"], total["twice"]]])
+    bad = f"bad inputs tried: {len(BAD_INPUTS)}, refused naming file:line: {refused} ({', '.join(BAD_INPUTS)})"
+    print("\n" + table)
+    print("\n" + bad)
+    write_section("faults", "Faults survived", "\n\n".join([
+        "A fresh copy of the project built cold once; then, per stage, a copy without that stage's artifact: kill -9 "
+        f"of the stage process at a seeded random point inside the stage (seed {args.seed}), then of Snakemake "
+        "inside it, then one plain `modelmake build` (no flag); then two concurrent sweeps sharing quantize and "
+        "export. Against a build without faults: it survives, leaves 0 bytes behind and builds nothing twice.",
+        table,
+        "Bad data files given to the dataset stage (`python -m modelmake stage dataset data.path=FILE`): each must "
+        "be refused (exit 2) naming the file and line. " + bad[0].upper() + bad[1:] + ".",
+    ]))
 
 
 if __name__ == "__main__":

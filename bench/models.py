@@ -11,38 +11,21 @@ Builds, cold, in a fresh copy of the project: the default chain (tiny Phi-3) and
 - finetune: seconds per step on the int4 AWQ base vs an fp32 LoRA baseline of the same model
   (the same weights dequantized, same data, batch and steps), measured here in the same run;
 - no-op plan with SmolLM2 built: `snakemake -n` vs `snakemake --version` (the hash memo at work).
-Results also go to bench/results/models.json.
+The tables go to its section of bench/RESULTS.md (`bench:models`), the raw figures to
+bench/results/models.json.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from helpers.project import (  # noqa: E402  (the tests' fresh-copy helpers)
-    copy_project,
-    nodes,
-    snakemake,
-)
-from modelmake.graph.snakemake import config_args  # noqa: E402
+from common import build, mb, md_table, median_seconds, parser, read_manifest, save_json, stage_stats, write_section
+from helpers.project import copy_project, nodes  # the tests' fresh-copy helpers (common put tests/ on sys.path)
+from modelmake.graph.snakemake import config_args
 
 MODELS = {"tiny Phi-3": (), "SmolLM2-135M": ("experiment=smollm2",)}
 STAGES = ("base", "dataset", "quantize", "finetune", "export", "adapter", "generate", "evaluate")
-
-
-def build(project: Path, cores: str, overrides: tuple[str, ...]) -> float:
-    t0 = time.perf_counter()
-    r = snakemake(project, "--cores", cores, *config_args(overrides))
-    if r.returncode != 0:
-        sys.exit(f"build {overrides} failed:\n{r.stderr[-4000:]}")
-    return time.perf_counter() - t0
 
 
 def fp32_lora_seconds_per_step(point: dict, steps: int) -> float:
@@ -51,11 +34,11 @@ def fp32_lora_seconds_per_step(point: dict, steps: int) -> float:
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from modelmake.stages.export import dequantize_checkpoint
+    from modelmake.models.awq_fixes import dequantize_checkpoint
     from modelmake.stages.finetune import encode, lora_model, train
     from modelmake.stages.layout import read_split
 
-    manifest = json.loads(point["finetune"].manifest.read_text())
+    manifest = read_manifest(point["finetune"])
     cfg = OmegaConf.create(manifest["config"])
     qdir, ddir = point["quantize"].path / "model", point["dataset"].path
     torch.set_num_threads(2)
@@ -72,12 +55,8 @@ def fp32_lora_seconds_per_step(point: dict, steps: int) -> float:
         return train(model, ex, ex[: t.batch_size], t, pad, Path(scratch) / "log.csv")["seconds_per_step"]
 
 
-def mb(n) -> str:
-    return f"{n / 2**20:,.0f} MB" if n else "-"
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--cores", default="2")
     ap.add_argument("--tiny-only", action="store_true", help="skip SmolLM2 (a cold build takes minutes)")
     ap.add_argument("--project", type=Path, help="a copy of the project to build in (what it has built is "
@@ -87,53 +66,58 @@ def main() -> None:
     models = {k: v for k, v in MODELS.items() if not (args.tiny_only and v)}
     results = {}
     for name, overrides in models.items():
-        wall = build(project, args.cores, overrides)
+        wall = build(project, args.cores, overrides, tail=4000)
         point = nodes(project, *overrides)
-        manifests = {s: json.loads(point[s].manifest.read_text()) for s in STAGES}
+        manifests = {s: read_manifest(point[s]) for s in STAGES}
         q, ft = manifests["quantize"]["metrics"], manifests["finetune"]["metrics"]
         steps = min(20, manifests["finetune"]["config"]["train"]["steps"])
         results[name] = {
             "wall_s": wall,
-            "stages": {s: {"seconds": m["seconds"], "peak_rss_bytes": m.get("peak_rss_bytes")} for s, m in manifests.items()},
+            "stages": {s: stage_stats(m) for s, m in manifests.items()},
             "awq_search_s": q["search_seconds"], "awq_floor_s": q["search_floor_seconds"],
             "gemm_gflops": q["gemm_gflops"], "awq_floor_ratio": q["search_floor_ratio"],
             "int4_lora_s_per_step": ft["seconds_per_step"],
             "fp32_lora_s_per_step": fp32_lora_seconds_per_step(point, steps),
         }
         if overrides:
-            noop = statistics.median(_timed(project, "-n", *config_args(overrides)) for _ in range(3))
-            floor = statistics.median(_timed(project, "--version") for _ in range(3))
+            noop = median_seconds(project, "-n", *config_args(overrides), repeats=3)
+            floor = median_seconds(project, "--version", repeats=3)
             results[name] |= {"noop_dry_run_s": noop, "snakemake_version_s": floor}
 
     names = list(results)
-    print("\n| stage | " + " | ".join(f"{n} s | {n} peak RSS" for n in names) + " |")
-    print("|---|" + "---:|" * (2 * len(names)))
-    for s in STAGES:
-        cells = [f"{results[n]['stages'][s]['seconds']:.1f} | {mb(results[n]['stages'][s]['peak_rss_bytes'])}" for n in names]
-        print(f"| {s} | " + " | ".join(cells) + " |")
-    print("| **cold build, wall** | " + " | ".join(f"{results[n]['wall_s']:.0f} | " for n in names) + " |")
-    print("\n| model | AWQ search | its FLOP floor (GEMM GFLOPS) | ratio (target <= 3x) | "
-          "LoRA s/step int4 base | fp32 LoRA baseline | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for n in names:
-        r = results[n]
-        print(f"| {n} | {r['awq_search_s']:.1f} s | {r['awq_floor_s']:.1f} s ({r['gemm_gflops']:.0f}) | "
-              f"{r['awq_floor_ratio']:.2f}x | {r['int4_lora_s_per_step']:.3f} | {r['fp32_lora_s_per_step']:.3f} | "
-              f"{r['int4_lora_s_per_step'] / r['fp32_lora_s_per_step']:.2f}x |")
-    for n in names:
-        if "noop_dry_run_s" in results[n]:
-            r = results[n]
-            print(f"\nno-op dry run with {n} built: {r['noop_dry_run_s']:.2f} s "
-                  f"({r['noop_dry_run_s'] / r['snakemake_version_s']:.2f}x bare `snakemake --version`)")
-    out = REPO / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "models.json").write_text(json.dumps(results, indent=2))
+    per_stage = md_table(
+        ["stage", *(f"{n} {c}" for n in names for c in ("s", "peak RSS"))],
+        [[s, *(c for n in names for c in (f"{results[n]['stages'][s]['seconds']:.1f}",
+                                          mb(results[n]['stages'][s]['peak_rss_bytes'])))] for s in STAGES]
+        + [["**cold build, wall**", *(c for n in names for c in (f"{results[n]['wall_s']:.0f}", ""))]],
+        align="l" + "r" * (2 * len(names)))
+    search_and_lora = md_table(
+        ["model", "AWQ search", "its FLOP floor (GEMM GFLOPS)", "ratio (target <= 3x)", "LoRA s/step int4 base",
+         "fp32 LoRA baseline", "ratio"],
+        [[n, f"{r['awq_search_s']:.1f} s", f"{r['awq_floor_s']:.1f} s ({r['gemm_gflops']:.0f})",
+          f"{r['awq_floor_ratio']:.2f}x", f"{r['int4_lora_s_per_step']:.3f}", f"{r['fp32_lora_s_per_step']:.3f}",
+          f"{r['int4_lora_s_per_step'] / r['fp32_lora_s_per_step']:.2f}x"] for n, r in results.items()],
+        align="l" + "r" * 6)
+    noops = [f"no-op dry run with {n} built: {r['noop_dry_run_s']:.2f} s "
+             f"({r['noop_dry_run_s'] / r['snakemake_version_s']:.2f}x bare `snakemake --version`)"
+             for n, r in results.items() if "noop_dry_run_s" in r]
+    print("\n" + "\n\n".join([per_stage, search_and_lora, *noops]))
+    save_json("models", results)
 
-
-def _timed(project: Path, *args: str) -> float:
-    t0 = time.perf_counter()
-    snakemake(project, *args)
-    return time.perf_counter() - t0
+    where = ("in the given project copy (what it had built is reused: not cold)" if args.project
+             else "in one fresh copy of the project")
+    write_section("models", f"The tiny fixture and a real model, side by side ({args.cores} cores)", "\n\n".join([
+        f"Each model's default chain built {where}, {args.cores} cores: per stage, its seconds and peak resident "
+        "memory from its manifest; the last row is the build's wall time.",
+        per_stage,
+        "The AWQ search against its floor (the FLOPs it did, at the GEMM speed the quantize stage measured on this "
+        "machine in the same run; target <= 3x), and seconds per LoRA step on the int4 AWQ base against an fp32 "
+        "LoRA baseline of the same model (its AWQ weights dequantized; same data, batch and steps; measured here in "
+        "the same run).",
+        search_and_lora,
+        *(["`snakemake -n` with the model built (the hash memo at work) against bare `snakemake --version`, "
+           "median of 3 each.", *noops] if noops else []),
+    ]))
 
 
 if __name__ == "__main__":

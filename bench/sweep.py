@@ -11,38 +11,25 @@ From one run, in fresh copies of the project (nothing cached):
 - onnxruntime-genai int4 (+LoRA) decode tokens/s over transformers fp32 (+LoRA) on the same
   weights, one thread, each engine in its own process, median of repeats (the evaluate stage's
   figures). Target (issue 4): >= 15x on the tiny model.
+The table goes to its section of bench/RESULTS.md (`bench:sweep`), the raw figures and the
+sweep's report to bench/results/.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from helpers.project import (  # noqa: E402  (the tests' fresh-copy helpers)
-    copy_project,
-    snakemake,
-)
-from modelmake.graph.snakemake import config_args  # noqa: E402
-from modelmake.recipe import build_plan  # noqa: E402
-
-
-def build(project: Path, cores: str, overrides: list[str]) -> float:
-    t0 = time.perf_counter()
-    r = snakemake(project, "--cores", cores, *config_args(overrides))
-    if r.returncode != 0:
-        sys.exit(f"build {overrides} failed:\n{r.stderr[-3000:]}")
-    return time.perf_counter() - t0
+from common import RESULTS_DIR, aligned, build, md_table, parser, save_json, write_section
+from helpers.project import copy_project  # the tests' fresh-copy helpers (common put tests/ on sys.path)
+from modelmake.recipe import build_plan
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--ranks", default="4,8,16")
     ap.add_argument("--cores", default="2")
     args = ap.parse_args()
@@ -56,7 +43,8 @@ def main() -> None:
         many = copy_project(work / "many")
         ts = build(many, args.cores, sweep)
         plan = build_plan(overrides=sweep)
-        built = {s: len(list((many / "artifacts" / s).iterdir())) for s in ("quantize", "export", "finetune", "adapter")}
+        built = {s: len(list((many / "artifacts" / s).iterdir()))
+                 for s in ("quantize", "export", "finetune", "adapter")}
         report = many / plan.report.path / "report.md"
         report_text = report.read_text()
     finally:
@@ -71,17 +59,21 @@ def main() -> None:
         ("ORT int4+LoRA decode tok/s", f"{ev['ort_int4_tokens_per_s']:.0f}", "", ""),
         ("HF fp32+LoRA decode tok/s", f"{ev['hf_fp32_tokens_per_s']:.0f}", "", ""),
         ("ORT / HF decode speed", f"{speedup:.1f}x", "one thread, own process, median", ">= 15x"),
-        ("time to first token ORT / HF (ms)", f"{1000 * ev['ort_int4_ttft_s']:.1f} / {1000 * ev['hf_fp32_ttft_s']:.1f}", "", ""),
+        ("time to first token ORT / HF (ms)",
+         f"{1000 * ev['ort_int4_ttft_s']:.1f} / {1000 * ev['hf_fp32_ttft_s']:.1f}", "", ""),
     ]
-    w = [max(len(r[i]) for r in rows) for i in range(4)]
     print(f"\nmodelmake sweep benchmark, {args.cores} cores, Python {sys.version.split()[0]}")
-    for name, value, ratio, target in rows:
-        print(f"{name:<{w[0]}}  {value:<{w[1]}}  {ratio:<{w[2]}}  {target}")
-    out = REPO / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps({"one_point_s": t1, "sweep_s": ts, "points": n, "built": built,
-                                                "ort_over_hf": speedup, "evaluate": ev}, indent=2))
-    (out / "sweep_report.md").write_text(report_text)
+    print("\n".join(aligned(rows)))
+    save_json("sweep", {"one_point_s": t1, "sweep_s": ts, "points": n, "built": built,
+                        "ort_over_hf": speedup, "evaluate": ev})
+    (RESULTS_DIR / "sweep_report.md").write_text(report_text)
+    how = (f"Fresh copies of the project (nothing cached), {args.cores} cores: the sweep `lora.r={args.ranks}` built "
+           f"through the graph (one base, dataset, quantize and export shared) against its {n} points built without "
+           "sharing (N x T1, T1 one point built cold, measured here); decode speed of onnxruntime-genai int4+LoRA "
+           "against transformers fp32+LoRA on the same weights (the evaluate stage's figures: one thread, each engine "
+           "in its own process, median of repeats); target from issue 4.")
+    write_section("sweep", f"Sweep sharing and int4 decode speed ({args.cores} cores)",
+                  how + "\n\n" + md_table(("measure", "value", "ratio", "target"), rows))
 
 
 if __name__ == "__main__":

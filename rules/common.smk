@@ -25,10 +25,6 @@ for _left in recover(Path(".snakemake"), Path(ART)):
 os.environ[PARENT_ENV] = str(os.getpid())
 PY = sys.executable  # the environment snakemake runs in runs the stages too
 
-wildcard_constraints:
-    key="[0-9a-f]{12}",
-
-
 def node(stage, wildcards):
     return PLAN.node(stage, wildcards.key)
 

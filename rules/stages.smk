@@ -4,6 +4,10 @@
 # i.e. an artifact another concurrent build finished after this run planned it; the stage then
 # waits on the artifact lock and finds it built (graph.runner.run_node).
 
+wildcard_constraints:
+    key="[0-9a-f]{12}",
+
+
 for _spec in RECIPE.stages:
     _threads, _resources = stage_resources(_spec.name)
 

@@ -249,7 +249,8 @@ def test_two_adapters_of_different_rank_and_modules_share_one_graph(built, arch)
     for name, logits in mine.items():
         diffs = {other: float(np.abs(logits - ref).max()) for other, ref in refs.items()}
         assert diffs[name] < EXACT_TOL, (arch, name, diffs)  # each adapter computes its own torch model...
-        assert all(d > 10 * EXACT_TOL for other, d in diffs.items() if other != name), (arch, name, diffs)  # ...no other
+        assert all(d > 10 * EXACT_TOL for other, d in diffs.items() if other != name), (arch, name,
+                                                                                        diffs)  # ...no other
 
 
 def test_the_graph_has_lora_inputs_for_every_projection_of_the_family(built):

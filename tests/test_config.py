@@ -140,4 +140,5 @@ def test_a_command_names_only_the_overrides_its_artifact_depends_on():
     assert stage_command(point["base"]) == "python -m modelmake stage base"
     assert stage_command(point["quantize"]) == "python -m modelmake stage quantize"
     assert stage_command(point["finetune"]) == "python -m modelmake stage finetune train.steps=20"
-    assert stage_command(point["generate"]) == "python -m modelmake stage generate train.steps=20 generate.max_new_tokens=9"
+    assert stage_command(point["generate"]) == \
+        "python -m modelmake stage generate train.steps=20 generate.max_new_tokens=9"

@@ -55,7 +55,8 @@ def test_dvc_runs_the_commands_snakemake_runs(tmp_path):
         out += printed.stdout + printed.stderr
     for name, stage in dvcgen.generate(RECIPE)["stages"].items():
         script_and_args = stage["cmd"].split(" ", 1)[1]  # python -m modelmake stage <name> <args>: the same
-        assert re.search(rf"MODELMAKE_EXPECT={re.escape(stage['outs'][0])} \S+ {re.escape(script_and_args)} ", out), name
+        assert re.search(rf"MODELMAKE_EXPECT={re.escape(stage['outs'][0])} \S+ {re.escape(script_and_args)} ",
+                         out), name
 
 
 def test_clone_and_pull_rebuilds_nothing_and_repro_rebuilds_only_the_stale(project, tmp_path):
@@ -87,7 +88,8 @@ def test_clone_and_pull_rebuilds_nothing_and_repro_rebuilds_only_the_stale(proje
     sh(clone, sys.executable, "-m", "modelmake", "dvc")
     ran = re.findall(r"Running stage '(\w+)-[0-9a-f]{12}'", sh(clone, DVC, "repro"))
     assert sorted(ran) == ["adapter", "evaluate", "finetune", "generate", "register", "report"], ran
-    assert "Nothing to be done" in sh(clone, str(Path(sys.executable).parent / "snakemake"), "-n", *config_args(release))
+    assert "Nothing to be done" in sh(clone, str(Path(sys.executable).parent / "snakemake"), "-n",
+                                      *config_args(release))
     assert "up to date" in sh(clone, DVC, "status")
     git(clone, "add", "-A")
     git(clone, "commit", "-qm", "fewer steps")

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,11 +22,15 @@ import pytest
 
 from helpers.faults import (
     built_twice,
+    gone,
     journal,
     kill_inside,
     leftovers,
     scratch_folders,
+    stage_pids,
     start,
+    temporaries,
+    wait_for,
 )
 from helpers.project import SECRETS, copy_project, nodes, run, snakemake_exe
 
@@ -55,6 +60,34 @@ def modelmake(project: Path, *args: str, env: dict | None = None, timeout: int =
 # files whose bytes carry times (logs, timings); the rest of a deterministic stage is compared by hash
 TIMED = {"metrics.json", "builder.log", "train_log.csv", "receipt.json"}
 DETERMINISTIC = {"base", "quantize", "finetune", "export", "adapter"}
+
+
+# --- stop means stop ---------------------------------------------------------------------------
+@pytest.mark.parametrize("how,sig", [("modelmake build", signal.SIGTERM), ("snakemake", signal.SIGINT)])
+def test_a_stop_ends_the_running_stage_and_a_plain_build_resumes(project, tmp_path, how, sig):
+    """SIGTERM to `modelmake build` (Ctrl-C's SIGINT to plain Snakemake) while finetune trains: the
+    stage process ends within seconds (Snakemake's own SIGTERM would wait for it to finish), its
+    temporary folder goes, and the same command then builds it once."""
+    p = fresh(project, tmp_path, "finetune")
+    args = ["modelmake", "build", "--"] if how == "modelmake build" else [snakemake_exe()]
+    args += ["--cores", "2"]
+    build = start(p, args, tmp_path / "stop.log")
+    pid = wait_for(lambda: stage_pids(p, "finetune"), 600, "finetune to start", build)[0]
+    # a progress signal, not a timer: the stage has written its first training steps
+    wait_for(lambda: any(len(f.read_text().splitlines()) > 2 for t in temporaries(p, "finetune")
+                         for f in t.glob("train_log.csv")), 600, "finetune to train", build)
+    os.kill(build.pid, sig)
+    t0 = time.monotonic()
+    wait_for(lambda: gone(pid), 30, "the stage to end")
+    ended = time.monotonic() - t0
+    rc = build.wait(60)
+    assert rc != 0 and ended < 15, (rc, ended)
+    if how == "modelmake build":
+        assert rc == 128 + sig and "modelmake: stopped by SIGTERM" in (tmp_path / "stop.log").read_text()
+    assert not temporaries(p, "finetune") and not leftovers(p)
+    r = modelmake(p, "build", "--", "--cores", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [j["stage"] for j in journal(p)].count("finetune") == 1 and not leftovers(p)
 
 
 # --- 1, 2, 8, 9: kill -9 inside each stage, then a plain build ---------------------------------
@@ -90,12 +123,15 @@ def test_kill_9_inside_a_stage_then_a_plain_build_recovers(project, tmp_path, st
     got = manifest(node)
     if stage in DETERMINISTIC:
         stamped = {"model/model.onnx"} if stage == "export" else set()
-        same = lambda files: {k: v for k, v in files.items() if Path(k).name not in TIMED and k not in stamped}  # noqa: E731
+        def same(files):
+            return {k: v for k, v in files.items() if Path(k).name not in TIMED and k not in stamped}
+
         assert same(got["files"]) == same(expected["files"])
         if stamped:  # the ORT-genai builder stamps producer_version 0.18.0+<hex>, new each run: the graph is equal
             import onnx
 
-            a, b = (onnx.load(n.path / "model" / "model.onnx", load_external_data=False) for n in (node, nodes(project)[stage]))
+            a, b = (onnx.load(n.path / "model" / "model.onnx", load_external_data=False)
+                    for n in (node, nodes(project)[stage]))
             a.producer_version = b.producer_version = ""
             assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
     else:  # register: a new registry, so the receipt's run differs; the content registered is the same
@@ -106,7 +142,8 @@ def test_kill_9_inside_a_stage_then_a_plain_build_recovers(project, tmp_path, st
         versions = MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions("name='ft-for-travel'")
         assert len(versions) == 1
         receipt = json.loads((node.path / "receipt.json").read_text())
-        assert receipt["content_sha256"] == json.loads((nodes(project)[stage].path / "receipt.json").read_text())["content_sha256"]
+        original = json.loads((nodes(project)[stage].path / "receipt.json").read_text())
+        assert receipt["content_sha256"] == original["content_sha256"]
     assert [j["stage"] for j in journal(p)] == [stage]  # only the deleted artifact was built, once
 
 
@@ -336,7 +373,8 @@ def test_role_tokens_in_a_record_are_refused_unless_allowed(project, tmp_path):
     r = run(project, sys.executable, "-m", "modelmake", "stage", "dataset", f"data.path={forged}")
     assert r.returncode == 2
     assert f"{forged}:4: field 'prompt' holds the template's role token '<|assistant|>'" in r.stderr
-    r = run(project, sys.executable, "-m", "modelmake", "stage", "dataset", f"data.path={forged}", "data.allow_special_tokens=true")
+    r = run(project, sys.executable, "-m", "modelmake", "stage", "dataset", f"data.path={forged}",
+            "data.allow_special_tokens=true")
     assert r.returncode == 0, r.stderr[-2000:]
 
 
@@ -405,7 +443,8 @@ def test_two_processes_building_one_artifact_build_it_once(project, tmp_path):
     p = copy_project(tmp_path / "p", built=project)
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"q{i}?", "response": f"a{i}."}) + "\n" for i in range(40)))
-    procs = [start(p, [sys.executable, "-m", "modelmake", "stage", "dataset", f"data.path={data}"], tmp_path / f"{i}.log")
+    procs = [start(p, [sys.executable, "-m", "modelmake", "stage", "dataset", f"data.path={data}"],
+                   tmp_path / f"{i}.log")
              for i in range(2)]
     assert [proc.wait(300) for proc in procs] == [0, 0]
     assert [j["stage"] for j in journal(p)] == ["dataset"]

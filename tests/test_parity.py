@@ -200,13 +200,16 @@ def first(tensors, suffix):
 
 
 @pytest.mark.parametrize("what,edit,message", [
-    ("rank mismatch", lambda t, c: ({**t, first(t, "lora_B.weight"): t[first(t, "lora_B.weight")][:, :4].contiguous()}, c),
+    ("rank mismatch",
+     lambda t, c: ({**t, first(t, "lora_B.weight"): t[first(t, "lora_B.weight")][:, :4].contiguous()}, c),
      "has rank"),
     ("wrong width", lambda t, c: ({**t, first(t, "lora_A.weight"): torch.zeros(8, 300)}, c), "does not fit the graph"),
     ("unknown name", lambda t, c: ({k.replace("layers.0.", "layers.9."): v for k, v in t.items()}, c),
      "no LoRA inputs in the exported graph"),
-    ("not LoRA", lambda t, c: ({**t, "base_model.model.lm_head.weight": torch.zeros(2, 2)}, c), "not a LoRA A/B weight"),
-    ("missing pair", lambda t, c: ({k: v for k, v in t.items() if k != first(t, "lora_B.weight")}, c), "but not its pair"),
+    ("not LoRA", lambda t, c: ({**t, "base_model.model.lm_head.weight": torch.zeros(2, 2)}, c),
+     "not a LoRA A/B weight"),
+    ("missing pair", lambda t, c: ({k: v for k, v in t.items() if k != first(t, "lora_B.weight")}, c),
+     "but not its pair"),
     ("other method", lambda t, c: (t, {**c, "peft_type": "IA3"}), "peft_type"),
 ])
 def test_adapter_that_does_not_fit_is_refused_and_nothing_written(default, tmp_path, what, edit, message):
@@ -227,11 +230,12 @@ def test_onnxruntime_genai_itself_refuses_a_foreign_adapter(default, tmp_path):
     fmt.export_adapter(str(tmp_path / "foreign.onnx_adapter"))
     graph = og.Model(str(default["export"].path / "model"))
     ad = adapters_on(graph, f=tmp_path / "foreign.onnx_adapter")
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - onnxruntime-genai raises a bare RuntimeError-like type
         og_greedy(graph, [5, 6, 7], ad, "f", steps=1)
 
 
 def test_cli_streams_with_the_adapter(project, default):
-    r = run(project, sys.executable, "-m", "modelmake", "generate", "--prompt", "What food should I try in Lisbon?", "--max-new-tokens", "12")
+    r = run(project, sys.executable, "-m", "modelmake", "generate", "--prompt", "What food should I try in Lisbon?",
+            "--max-new-tokens", "12")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() and "tokens/s" in r.stderr

@@ -7,16 +7,7 @@ import sys
 
 import pytest
 
-from helpers.project import (
-    SHARED_DATA,
-    build,
-    copy_project,
-    nodes,
-    parse_jobs,
-    planned_jobs,
-    run,
-    snakemake,
-)
+from helpers.project import SHARED_DATA, build, copy_project, nodes, parse_jobs, planned_jobs, run, snakemake
 
 
 def once(*stages):

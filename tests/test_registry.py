@@ -17,13 +17,7 @@ from modelmake.core.errors import ModelmakeError
 from modelmake.core.manifest import verify
 from modelmake.graph.snakemake import config_args
 from modelmake.recipe import build_plan, compose
-from modelmake.stages.register import (
-    DIGEST_TAG,
-    RECEIPT,
-    AzureMLRegistry,
-    azure_model,
-    write_model_yml,
-)
+from modelmake.stages.register import DIGEST_TAG, RECEIPT, AzureMLRegistry, azure_model, write_model_yml
 from modelmake.stages.register import build as register_build
 
 

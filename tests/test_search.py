@@ -93,7 +93,8 @@ def test_a_bad_search_spec_is_refused_naming_the_field(tmp_path, monkeypatch, bo
 
 
 def test_an_unknown_override_in_the_space_is_refused_before_anything_is_built(project, tmp_path):
-    (project / "conf" / "search" / "typo.yaml").write_text("# typo\nmetric: ppl_onnx_lora\nparams: {lora.rank: {choices: [4]}}\n")
+    spec = "# typo\nmetric: ppl_onnx_lora\nparams: {lora.rank: {choices: [4]}}\n"
+    (project / "conf" / "search" / "typo.yaml").write_text(spec)
     r = run(project, "modelmake", "search", "typo")
     assert r.returncode == 2 and "lora.rank" in r.stderr
     assert not list((project / "searches").glob("typo-*"))

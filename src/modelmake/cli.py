@@ -30,7 +30,8 @@ def cmd_build(args) -> int:
         profile = ROOT / "profiles" / args.profile
         if not (profile / "config.yaml").is_file():
             known = sorted(p.name for p in (ROOT / "profiles").iterdir() if (p / "config.yaml").is_file())
-            raise ModelmakeError(f"--profile {args.profile}: no {profile.relative_to(ROOT)}/config.yaml (known: {known})")
+            raise ModelmakeError(f"--profile {args.profile}: no {profile.relative_to(ROOT)}/config.yaml "
+                                 f"(known: {known})")
         extra = ["--workflow-profile", str(profile)] + extra
     return run_snakemake(snakemake_command(args.overrides, extra))
 
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml is stale")
     e = sub.add_parser("explain", help="print how an artifact was made, back to the data")
     e.add_argument("artifact", help="an artifact folder (or its manifest.json)")
-    e.add_argument("--verify", action="store_true", help="first check every artifact of the lineage against its manifest")
+    e.add_argument("--verify", action="store_true",
+                   help="first check every artifact of the lineage against its manifest")
     s = sub.add_parser("search", help="Optuna search over overrides; objective from the evaluate stage")
     s.add_argument("name", help="a search spec in conf/search/")
     s.add_argument("--trials", type=int, help="finished trials wanted (default: the spec's n_trials)")

@@ -61,7 +61,8 @@ def load_spec(name: str, extra_overrides: list[str] = ()) -> SearchSpec:
     need(not unknown, sorted(unknown)[0] if unknown else "", "unknown field")
     need(isinstance(raw.get("metric"), str), "metric", "must name an evaluate metric, e.g. ppl_onnx_lora")
     need(raw.get("direction", "minimize") in ("minimize", "maximize"), "direction", "must be minimize or maximize")
-    need(isinstance(raw.get("n_trials", 8), int) and raw.get("n_trials", 8) > 0, "n_trials", "must be a positive integer")
+    need(isinstance(raw.get("n_trials", 8), int) and raw.get("n_trials", 8) > 0, "n_trials",
+         "must be a positive integer")
     need(raw.get("sampler", "tpe") in SAMPLERS, "sampler", f"must be one of {SAMPLERS}")
     params = raw.get("params") or {}
     need(isinstance(params, dict) and params, "params", "must map override keys to a range or choices")
@@ -72,13 +73,15 @@ def load_spec(name: str, extra_overrides: list[str] = ()) -> SearchSpec:
             need(set(p) == {"choices"} and isinstance(p["choices"], list) and p["choices"], f,
                  "choices must be a non-empty list, alone")
         else:
-            need({"low", "high"} <= set(p) <= {"low", "high", "step", "log"}, f, "needs low and high (step, log optional)")
+            need({"low", "high"} <= set(p) <= {"low", "high", "step", "log"}, f,
+                 "needs low and high (step, log optional)")
             need(all(isinstance(p[k], (int, float)) and not isinstance(p[k], bool) for k in ("low", "high")), f,
                  f"low and high must be numbers, got {p['low']!r} and {p['high']!r}")
             need(p["low"] < p["high"], f, f"low {p['low']} must be below high {p['high']}")
             need(not (p.get("log") and p.get("step")), f, "log and step do not go together")
     sampler = raw.get("sampler", "tpe")
-    need(sampler != "grid" or all("choices" in p for p in params.values()), "sampler", "grid needs choices for every param")
+    need(sampler != "grid" or all("choices" in p for p in params.values()), "sampler",
+         "grid needs choices for every param")
     return SearchSpec(name, raw["metric"], raw.get("direction", "minimize"), raw.get("n_trials", 8), sampler,
                       raw.get("seed", 0), [str(o) for o in raw.get("overrides", [])] + list(extra_overrides), params)
 

@@ -35,7 +35,8 @@ def snakemake(project: Path, *args: str) -> subprocess.CompletedProcess:
     return run(project, snakemake_exe(), *args)
 
 
-def build(project: Path, *config: str, env: dict | None = None, until: str | None = None) -> subprocess.CompletedProcess:
+def build(project: Path, *config: str, env: dict | None = None,
+          until: str | None = None) -> subprocess.CompletedProcess:
     """Build the config's chain; with `until` (a stage), only that stage and what it needs: a test
     pays for the stages it reads, not for evaluate, register and report too."""
     from modelmake.recipe import build_plan

@@ -11,6 +11,7 @@ Snakemake, bash and the stage ran on as orphans, writing an artifact nobody wait
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -67,3 +68,36 @@ def die_with_parent(poll_s: float = 0.5) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="modelmake-watchdog", daemon=True).start()
+
+
+def children(pid: int | None = None) -> list[int]:
+    """The live child processes of `pid` (this process by default), read from /proc."""
+    pid = os.getpid() if pid is None else pid
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def stop_children_on_signal() -> None:
+    """For a process whose jobs are its children (Snakemake's local jobs, each a `bash -c`): on
+    SIGTERM or SIGINT, SIGTERM every child, then raise KeyboardInterrupt, Snakemake's own way to
+    stop (it cancels its executor: SLURM jobs are cancelled too). A child stage dies with its bash
+    (PR_SET_PDEATHSIG) and removes its temporary folders on the way out. Snakemake's own SIGTERM
+    handler only stops new jobs and waits for the running ones, which can hold a GPU for hours."""
+    def stop(signum, frame):
+        for child in children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)

@@ -62,10 +62,14 @@ def read_records(path: Path, fields: list[str], forbidden: list[str] = ()) -> li
     return records
 
 
-def split(items: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+def split(items: list[dict], records: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Train and eval items, seeded. Identical records go to one side together, and which side
+    depends on the records alone (not on how a model's template renders them), so every model
+    trained on one data file holds out the same prompts."""
     groups: dict[str, list[dict]] = {}
-    for it in items:
-        groups.setdefault(it["text"], []).append(it)
+    for it, rec in zip(items, records):
+        identity = json.dumps({k: v for k, v in rec.items() if not k.startswith("_")}, sort_keys=True)
+        groups.setdefault(identity, []).append(it)
     keys = sorted(groups)
     random.Random(seed).shuffle(keys)
     n_eval = round(len(keys) * eval_fraction)

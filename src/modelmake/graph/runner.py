@@ -126,7 +126,8 @@ def peak_rss_bytes() -> int:
     onnxruntime-genai builder runs as one)."""
     import resource
 
-    kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+              resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
     return kib * 1024  # Linux reports KiB
 
 

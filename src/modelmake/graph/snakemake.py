@@ -3,11 +3,14 @@ running it with the failing stage's reason printed last."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from modelmake.core.paths import ROOT
@@ -71,15 +74,47 @@ def reason(log: Path, max_lines: int = 6) -> str:
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
 
 
+# Snakemake's words for an update()-flagged output that did not exist before its job failed:
+# nothing to restore, nothing lost (every artifact is renamed into place whole)
+NOISE = re.compile(r"^Cannot restore .*: no backup found\.$")
+STOP_GRACE_S = 60  # after a stop is forwarded, how long Snakemake may take to end its jobs
+
+
 def run_snakemake(cmd: list[str], cwd: Path = ROOT) -> int:
     """Run Snakemake, passing its output through; on failure end with each failed stage's reason
-    and log path, so the cause is the last thing printed, not buried in Snakemake's error block."""
+    and log path, so the cause is the last thing printed, not buried in Snakemake's error block.
+
+    SIGTERM, SIGINT or SIGHUP to this process is forwarded to Snakemake as SIGTERM, which ends its
+    running stages (the Snakefile's onstart: lifecycle.stop_children_on_signal); should it not be
+    gone STOP_GRACE_S later, it is killed, and its stages die with it (their watchdog)."""
     proc = subprocess.Popen(cmd, cwd=cwd, stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1)
+    stopped: list[int] = []
+
+    def stop(signum, frame):
+        if not stopped:
+            stopped.append(signum)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            timer = threading.Timer(STOP_GRACE_S, lambda: proc.poll() is None and proc.kill())
+            timer.daemon = True
+            timer.start()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     seen = []
-    for line in proc.stderr:
-        sys.stderr.write(line)
-        seen.append(line)
-    rc = proc.wait()
+    try:
+        for line in proc.stderr:
+            if not NOISE.match(line.rstrip("\n")):
+                sys.stderr.write(line)
+            seen.append(line)
+        rc = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopped:
+        name = signal.Signals(stopped[0]).name
+        print(f"modelmake: stopped by {name}: the running stages were ended and their temporary folders "
+              "removed; the same command resumes the build", file=sys.stderr)
+        return 128 + stopped[0]
     if rc != 0:
         for rule, log in failures("".join(seen)):
             why = reason(Path(cwd) / log) if log else "(no log)"

@@ -30,12 +30,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from modelmake.core.errors import ModelmakeError
-from modelmake.models.families import (
-    Family,
-    family_for_config,
-    module_shapes,
-    part_columns,
-)
+from modelmake.models.families import Family, family_for_config, module_shapes, part_columns
 
 RANK_DIM = "lora_rank"  # + ".<layer>.<module>": each module's rank is its own symbolic dim
 

@@ -47,14 +47,7 @@ def corpus_texts(path: Path) -> list[str]:
 def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int):
     """A GPT-2 style byte-level BPE: any text encodes (no unknown token), and its pre-tokenizer
     splits punctuation and digits the way onnxruntime-genai's tokenizer does (ids match HF's)."""
-    from tokenizers import (
-        Tokenizer,
-        decoders,
-        models,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -33,7 +33,8 @@ def need(cond: bool, field_name: str, msg: str) -> None:
 def check(cfg: DictConfig) -> None:
     def positive_int(field_name: str):
         v = OmegaConf.select(cfg, field_name)
-        need(isinstance(v, int) and not isinstance(v, bool) and v > 0, field_name, f"must be a positive integer, got {v!r}")
+        need(isinstance(v, int) and not isinstance(v, bool) and v > 0, field_name,
+             f"must be a positive integer, got {v!r}")
 
     def positive_number(field_name: str):
         v = OmegaConf.select(cfg, field_name)
@@ -50,8 +51,10 @@ def check(cfg: DictConfig) -> None:
     need(0 <= cfg.lora.dropout < 1, "lora.dropout", f"must be in [0, 1), got {cfg.lora.dropout!r}")
     need(0 < cfg.data.eval_fraction < 1, "data.eval_fraction", f"must be in (0, 1), got {cfg.data.eval_fraction!r}")
     need(cfg.quantize.w_bit == 4, "quantize.w_bit", "AutoAWQ GEMM supports 4 bits only")
-    need(str(cfg.quantize.version).lower() == "gemm", "quantize.version", "the ORT-genai builder reads GEMM packing only")
-    need(cfg.export.precision in ("int4", "fp32"), "export.precision", f"must be int4 or fp32, got {cfg.export.precision!r}")
+    need(str(cfg.quantize.version).lower() == "gemm", "quantize.version",
+         "the ORT-genai builder reads GEMM packing only")
+    need(cfg.export.precision in ("int4", "fp32"), "export.precision",
+         f"must be int4 or fp32, got {cfg.export.precision!r}")
     need(cfg.export.execution_provider in ("cpu", "cuda", "dml"), "export.execution_provider",
          f"must be cpu, cuda or dml, got {cfg.export.execution_provider!r}")
     for f in ("train.weight_decay", "train.warmup_steps"):  # torch would fail (or silently ramp) late

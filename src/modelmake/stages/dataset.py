@@ -31,7 +31,7 @@ def prepare(path: Path, template: str, marker: str, eval_fraction: float, seed: 
     items = [render(template, marker, r) for r in records]
     if check is not None:
         check(items, records)
-    train, evals = split(items, eval_fraction, seed)
+    train, evals = split(items, records, eval_fraction, seed)
     for name, part in (("train", train), ("eval", evals)):
         if not part:
             raise ModelmakeError(

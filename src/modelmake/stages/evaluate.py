@@ -119,7 +119,7 @@ def label_set(records: list[dict], max_labels: int) -> list[str] | None:
 @torch.no_grad()
 def label_accuracy(model, tok, records: list[dict], labels: list[str]) -> float:
     """Share of records whose gold completion scores highest among all labels after the prompt."""
-    label_ids = [tok(l, add_special_tokens=False)["input_ids"] for l in labels]
+    label_ids = [tok(label, add_special_tokens=False)["input_ids"] for label in labels]
     correct = 0
     for r in records:
         p = tok(r["prompt"], add_special_tokens=False)["input_ids"]

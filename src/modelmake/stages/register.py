@@ -110,7 +110,8 @@ class MlflowRegistry:
         except MlflowException as e:
             raise ModelmakeError(f"registry {self.tracking_uri}: {e.message.splitlines()[0]}") from None
         except Exception as e:  # the store's own errors (sqlalchemy, OS): one clear line, no receipt
-            raise ModelmakeError(f"registry {self.tracking_uri}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise ModelmakeError(f"registry {self.tracking_uri}: {type(e).__name__}: {first}") from None
 
     def _create_db(self) -> None:
         """A new SQLite registry is created aside and renamed into place with every table: a kill -9

@@ -212,9 +212,11 @@ def html_page(title, points, best, metric, tbls, plots, shared) -> str:
     parts.append("<h2>Sample generation per adapter</h2>")
     for p in points:
         g = p["generation"]
-        parts.append(f"<p><b>{e(p['label'])}</b> ({g['new_tokens']} tokens)</p><pre>{e(g['prompt'] + g['completion'])}</pre>")
+        parts.append(f"<p><b>{e(p['label'])}</b> ({g['new_tokens']} tokens)</p>"
+                     f"<pre>{e(g['prompt'] + g['completion'])}</pre>")
         if g.get("base_completion") is not None:
-            parts.append(f"<p>The same prompt, base model (no adapter):</p><pre>{e(g['base_completion'].strip())}</pre>")
+            parts.append("<p>The same prompt, base model (no adapter):</p>"
+                         f"<pre>{e(g['base_completion'].strip())}</pre>")
     return "\n".join(parts)
 
 
