@@ -106,25 +106,36 @@ def manifests(project: Path) -> list[dict]:
     return [read_manifest(p) for p in manifest_paths(project)]
 
 
+def builds(project: Path) -> list[dict]:
+    """The build journal's entries of artifacts built in `project` (graph.journal): seconds, peak
+    memory and what each stage measured live there, not in the artifact."""
+    from modelmake.core.journal import entries
+
+    return [e for e in entries(Path(project)) if e.get("action", "build") == "build"]
+
+
 def stage_seconds(project: Path) -> float:
-    """The stages' own build time: the sum of every manifest's `seconds`."""
-    return sum(m["seconds"] for m in manifests(project))
+    """The stages' own build time: the sum of every build's `seconds`."""
+    return sum(e["seconds"] for e in builds(project))
 
 
 def stage_compute(project: Path) -> tuple[float, int]:
     """(the stages' own build time, the number of artifacts built) in `project`."""
-    ms = manifests(project)
-    return sum(m["seconds"] for m in ms), len(ms)
+    bs = builds(project)
+    return sum(e["seconds"] for e in bs), len(bs)
 
 
-def stage_stats(manifest: dict) -> dict:
-    """One stage's seconds and peak resident memory (bytes; None in a manifest without it)."""
-    return {"seconds": manifest["seconds"], "peak_rss_bytes": manifest.get("peak_rss_bytes")}
+def stage_stats(project: Path, node) -> dict:
+    """One artifact's build: seconds, peak resident memory (bytes) and measurements."""
+    from modelmake.core.journal import latest
+
+    e = latest(node.stage, node.key, Path(project)) or {}
+    return {"seconds": e.get("seconds"), "peak_rss_bytes": e.get("peak_rss_bytes"), "measured": e.get("measured", {})}
 
 
 def peak_rss_bytes(project: Path) -> int | None:
     """The largest peak resident memory of any stage built in `project`."""
-    peaks = [m["peak_rss_bytes"] for m in manifests(project) if m.get("peak_rss_bytes")]
+    peaks = [e["peak_rss_bytes"] for e in builds(project) if e.get("peak_rss_bytes")]
     return max(peaks) if peaks else None
 
 

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import md_table, parser, read_manifest, timed, write_section
+from common import md_table, parser, stage_stats, timed, write_section
 from helpers.faults import built_twice, kill_inside, leftovers, scratch_folders, size, start
 from helpers.project import copy_project, nodes, run  # the tests' fresh-copy helpers (common put tests/ on sys.path)
 from modelmake.graph.snakemake import snakemake_exe
@@ -50,7 +50,7 @@ def main() -> None:
         scratch0 = scratch_folders()
         for stage in args.stages.split(","):
             p = copy_project(work / stage, built=built)
-            seconds = read_manifest(nodes(p)[stage])["seconds"]
+            seconds = stage_stats(built, nodes(built)[stage])["seconds"]
             shutil.rmtree(nodes(p)[stage].path)
             if stage == "register":
                 shutil.rmtree(p / "registry", ignore_errors=True)

@@ -68,12 +68,12 @@ def main() -> None:
     for name, overrides in models.items():
         wall = build(project, args.cores, overrides, tail=4000)
         point = nodes(project, *overrides)
-        manifests = {s: read_manifest(point[s]) for s in STAGES}
-        q, ft = manifests["quantize"]["metrics"], manifests["finetune"]["metrics"]
-        steps = min(20, manifests["finetune"]["config"]["train"]["steps"])
+        stats = {s: stage_stats(project, point[s]) for s in STAGES}
+        q, ft = stats["quantize"]["measured"], stats["finetune"]["measured"]
+        steps = min(20, read_manifest(point["finetune"])["config"]["train"]["steps"])
         results[name] = {
             "wall_s": wall,
-            "stages": {s: stage_stats(m) for s, m in manifests.items()},
+            "stages": stats,
             "awq_search_s": q["search_seconds"], "awq_floor_s": q["search_floor_seconds"],
             "gemm_gflops": q["gemm_gflops"], "awq_floor_ratio": q["search_floor_ratio"],
             "int4_lora_s_per_step": ft["seconds_per_step"],

@@ -8,7 +8,24 @@ from modelmake.core.paths import CONF_DIR
 from modelmake.graph.overrides import expand_sweep, overrides_from_config
 from modelmake.recipe import build_plan, compose
 
-GROUPS = ["model", "data", "quantize", "lora", "train", "export", "generate"]
+
+def groups() -> list[str]:
+    """The config groups conf/config.yaml's defaults list names (every folder of conf/ it composes)."""
+    import yaml
+
+    names = []
+    for entry in yaml.safe_load((CONF_DIR / "config.yaml").read_text())["defaults"]:
+        name = next(iter(entry)) if isinstance(entry, dict) else entry
+        if name not in ("_self_", "experiment") and not name.startswith("override") and (CONF_DIR / name).is_dir():
+            names.append(name)
+    return names
+
+
+GROUPS = groups()
+
+
+def test_the_groups_are_read_from_the_config():
+    assert {"model", "data", "resources", "register", "report", "evaluate"} <= set(GROUPS)
 
 
 def options(group):

@@ -60,8 +60,10 @@ def test_parity_is_small_with_the_right_adapter_and_large_with_the_wrong_one(pro
     right = parity(OrtStepper(onnx, point["adapter"].path / ADAPTER_FILE), torch_fn, seqs)
     wrong = parity(OrtStepper(onnx, second["adapter"].path / ADAPTER_FILE), torch_fn, seqs)
     none = parity(OrtStepper(onnx), torch_fn, seqs)
-    assert right["max_abs_logit_diff"] < 0.3 and right["top1_agreement"] >= 0.99  # measured 0.07, 1.0
-    assert wrong["max_abs_logit_diff"] > 3 and none["max_abs_logit_diff"] > 3  # measured 11.7, 14.7
+    assert right["max_abs_logit_diff"] < 0.3 and right["top1_agreement"] >= 0.99
+    # another adapter, or none, is an order of magnitude further off than the graph's own error
+    assert min(wrong["max_abs_logit_diff"], none["max_abs_logit_diff"]) > 10 * right["max_abs_logit_diff"], \
+        (right, wrong, none)
     assert wrong["top1_agreement"] < 1.0
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from helpers.faults import (
+    built_seconds,
     built_twice,
     gone,
     journal,
@@ -57,8 +58,8 @@ def modelmake(project: Path, *args: str, env: dict | None = None, timeout: int =
     return run(project, "modelmake", *args, env=env, timeout=timeout)
 
 
-# files whose bytes carry times (logs, timings); the rest of a deterministic stage is compared by hash
-TIMED = {"metrics.json", "builder.log", "train_log.csv", "receipt.json"}
+# the stages whose artifact a rebuild writes byte for byte (times and measurements live in the
+# build journal, not in the artifact): compared whole, manifest included
 DETERMINISTIC = {"base", "quantize", "finetune", "export", "adapter"}
 
 
@@ -104,13 +105,14 @@ def test_kill_9_inside_a_stage_then_a_plain_build_recovers(project, tmp_path, st
     scratch_before = scratch_folders()
 
     # (a) kill -9 of the stage process: its temporary folder stays behind, Snakemake fails
-    seen = kill_inside(p, stage, "stage", ["modelmake", "build", "--", "--cores", "2"], rng, expected["seconds"],
+    seconds = built_seconds(project, nodes(project)[stage])
+    seen = kill_inside(p, stage, "stage", ["modelmake", "build", "--", "--cores", "2"], rng, seconds,
                        tmp_path / "a.log")
     assert seen["rc"] != 0 and seen["temporaries"], "kill -9 should leave the temporary folder (the fault is real)"
 
     # (b) kill -9 of Snakemake (plain snakemake: it takes its own lock) while the stage runs; the
     # stage process must exit with it (kill_inside waits for that)
-    seen = kill_inside(p, stage, "snakemake", [snakemake_exe(), "--cores", "2"], rng, expected["seconds"],
+    seen = kill_inside(p, stage, "snakemake", [snakemake_exe(), "--cores", "2"], rng, seconds,
                        tmp_path / "b.log")
     assert any((p / ".snakemake" / "locks").iterdir())  # the dead run's lock: the fault is real
 
@@ -122,18 +124,7 @@ def test_kill_9_inside_a_stage_then_a_plain_build_recovers(project, tmp_path, st
     assert not (p / ".snakemake" / "locks").exists() or not any((p / ".snakemake" / "locks").iterdir())
     got = manifest(node)
     if stage in DETERMINISTIC:
-        stamped = {"model/model.onnx"} if stage == "export" else set()
-        def same(files):
-            return {k: v for k, v in files.items() if Path(k).name not in TIMED and k not in stamped}
-
-        assert same(got["files"]) == same(expected["files"])
-        if stamped:  # the ORT-genai builder stamps producer_version 0.18.0+<hex>, new each run: the graph is equal
-            import onnx
-
-            a, b = (onnx.load(n.path / "model" / "model.onnx", load_external_data=False)
-                    for n in (node, nodes(project)[stage]))
-            a.producer_version = b.producer_version = ""
-            assert a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+        assert got == expected  # every file's sha256, the metrics, the provenance
     else:  # register: a new registry, so the receipt's run differs; the content registered is the same
         assert got["metrics"]["version"] == "1"
         from mlflow.tracking import MlflowClient
@@ -184,8 +175,7 @@ def test_two_concurrent_sweeps_build_each_shared_artifact_once(project, tmp_path
         built.setdefault((j["stage"], j["key"]), []).append(j)
     point = nodes(p, "generate.max_new_tokens=9")
     for stage in ("quantize", "export", "generate"):  # shared by both sweeps
-        m = manifest(point[stage])
-        assert [j["started"] for j in built[(stage, m["key"])]] == [m["started"]]  # that one build is the manifest's
+        assert len(built[(stage, point[stage].key)]) == 1  # built by one of the two sweeps, used by both
     assert sorted(s for s, _ in built) == sorted(["quantize", "export"] + ["generate", "register"] * 3 + ["report"] * 2)
     assert not leftovers(p)
     # the registry: the three points hold the same model and adapter, so one version was added

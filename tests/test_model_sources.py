@@ -89,7 +89,7 @@ def test_pickle_only_or_missing_folder_is_refused(folder, tmp_path):
 
 
 def test_hub_id_needs_a_revision_and_a_branch_is_warned_about(caplog, monkeypatch):
-    model_source._resolve.cache_clear()  # a model config is resolved (and warned about) once per process
+    model_source._resolve.cache_clear()  # a model config is resolved (and warned about) once per state
     monkeypatch.setattr(model_source, "_warned", set())  # warned once per process: another test may have
     with pytest.raises(ModelmakeError, match="model.revision"):
         build_plan(overrides=["model=phi35_mini", "model.revision=null"])

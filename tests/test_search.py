@@ -7,6 +7,8 @@ import pytest
 
 from helpers.project import nodes, run
 from modelmake.core.errors import ModelmakeError
+from modelmake.core.paths import CONF_DIR
+from modelmake.recipe import build_plan
 from modelmake.search import load_spec, point_overrides
 
 SPEC = """# test search
@@ -62,14 +64,11 @@ def test_rerun_resumes_the_study_and_builds_nothing(project, searched):
     assert (folder / "history.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_every_search_spec_is_valid_and_composes():
-    from modelmake.core.paths import CONF_DIR
-    from modelmake.recipe import build_plan
-
-    for path in (CONF_DIR / "search").glob("*.yaml"):
-        spec = load_spec(path.stem)
-        first = {k: p["choices"][0] if "choices" in p else p["low"] for k, p in spec.params.items()}
-        build_plan(overrides=point_overrides(spec, first))
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "search").glob("*.yaml")))
+def test_every_search_spec_is_valid_and_composes(name):
+    spec = load_spec(name)
+    first = {k: p["choices"][0] if "choices" in p else p["low"] for k, p in spec.params.items()}
+    build_plan(overrides=point_overrides(spec, first))
 
 
 @pytest.mark.parametrize("body,field", [

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from helpers.project import config_args, copy_project, nodes, run, snakemake_exe
+from modelmake.core.journal import latest
 
 # the smollm2 experiment, made cheap: 4 calibration samples without the clip search, 12 steps (30
 # steps took the held-out PPL from 59.6 to 27.5: the margin the assertions need is far smaller)
@@ -53,8 +54,17 @@ def test_onnx_adapter_perplexity_matches_torch_and_beats_the_awq_base(smol):
 
 
 def test_quantize_reports_its_distance_from_the_flop_floor(smol):
+    """The floor is the searches' counted work at the GEMM speed measured in the same run; the
+    ratio against its target (<= 3x) is bench/models.py's to judge, not a timed assertion here."""
     m = metrics(smol["quantize"])
-    assert m["search_gflop_scale"] > 0 and m["gemm_gflops"] > 0 and m["search_floor_ratio"] > 1
+    project = smol["base"].path.parents[2]
+    measured = latest("quantize", smol["quantize"].key, project)["measured"]
+    work = m["search_gflop_scale"] + m["search_gflop_clip"]
+    # 30 layers, 4 samples of up to 128 tokens: the scale search's 21 forwards per group come to GFLOPs
+    assert 1 < m["search_gflop_scale"] < 1e4 and m["search_gflop_clip"] == 0  # apply_clip=false in SMOL
+    assert measured["search_floor_seconds"] == pytest.approx(work / measured["gemm_gflops"])
+    ratio = measured["search_seconds"] / measured["search_floor_seconds"]
+    assert measured["search_floor_ratio"] == pytest.approx(ratio)
 
 
 def test_cli_generate_renders_the_chat_prompt_and_streams(smol):

@@ -7,6 +7,7 @@
   modelmake dvc [--check]                               regenerate dvc.yaml from the plan
   modelmake search NAME [--trials N] [overrides...]     Optuna search (conf/search/NAME.yaml)
   modelmake stage NAME [overrides...]                   build one stage (its inputs must be built)
+  modelmake status                                      what the running builds are doing, with the time left
 """
 
 from __future__ import annotations
@@ -21,9 +22,26 @@ from modelmake.core.paths import ROOT
 from modelmake.graph.snakemake import run_snakemake, snakemake_command
 from modelmake.recipe import RECIPE, build_plan, compose, stage_node
 
+DRY = {"-n", "--dry-run", "--dryrun", "--summary", "--detailed-summary", "-S", "-D", "--list-rules", "--dag",
+       "--rulegraph", "--lint"}
+
+
+def pending(plan) -> list[tuple[str, str, float | None]]:
+    """(stage, key, estimated seconds) of every artifact of the plan that is not built, in plan order."""
+    from modelmake.graph.progress import Estimator
+
+    est, out = Estimator(ROOT), []
+    for node in plan.nodes.values():
+        if not (ROOT / node.manifest).exists():
+            cfg = compose(node.overrides) if node.stage in plan.finals[0] else None
+            out.append((node.stage, node.key, est.seconds(node, str(cfg.model.name) if cfg else None)))
+    return out
+
 
 def cmd_build(args) -> int:
-    build_plan(overrides=args.overrides)  # refuse a bad config before Snakemake starts
+    from modelmake.graph.snakemake import QuietView
+
+    plan = build_plan(overrides=args.overrides)  # refuse a bad config before Snakemake starts
     extra = list(args.snakemake)
     if args.profile:
         # a workflow profile replaces profiles/default (which is why profiles/slurm repeats its settings)
@@ -33,21 +51,51 @@ def cmd_build(args) -> int:
             raise ModelmakeError(f"--profile {args.profile}: no {profile.relative_to(ROOT)}/config.yaml "
                                  f"(known: {known})")
         extra = ["--workflow-profile", str(profile)] + extra
-    return run_snakemake(snakemake_command(args.overrides, extra))
+    view = None if args.verbose or DRY & set(extra) else QuietView(ROOT, pending(plan))
+    return run_snakemake(snakemake_command(args.overrides, extra), view=view)
 
 
 def cmd_plan(args) -> int:
+    from modelmake.graph.progress import human
+    from modelmake.stages.report import point_labels
+
     plan = build_plan(overrides=args.overrides)
-    print(f"{len(plan.points)} point(s)")
-    print(f"{'stage':<10} {'key':<13} {'built':<6} path")
-    seen = set()
-    for point in plan.finals:
-        for stage, node in point.items():
+    todo = {(stage, key): est for stage, key, est in pending(plan)}
+    labels = point_labels(list(plan.points))
+    what = " ".join(args.overrides) or f"the defaults: model={compose(()).model.name}"
+    print(f"{len(plan.points)} point(s) of {what}")
+    print(f"{'stage':<10} {'key':<13} {'built':<6} {'point':<22} path")
+    seen, rows = set(), [(label, list(point.items())) for label, point in zip(labels, plan.finals)]
+    everywhere = {(s, n.key) for s, n in rows[0][1]} if rows else set()
+    for _, items in rows[1:]:
+        everywhere &= {(s, n.key) for s, n in items}
+    for label, items in [*rows, ("every point", list(plan.over_points.items()))]:
+        for stage, node in items:
             if (stage, node.key) in seen:
                 continue
             seen.add((stage, node.key))
-            built = "yes" if (ROOT / node.manifest).exists() else "no"
-            print(f"{stage:<10} {node.key:<13} {built:<6} {node.path}")
+            built = "no" if (stage, node.key) in todo else "yes"
+            where = "" if len(plan.points) == 1 else "every point" if (stage, node.key) in everywhere else label
+            print(f"{stage:<10} {node.key:<13} {built:<6} {where:<22} {node.path}")
+    known = [e for e in todo.values() if e is not None]
+    left = f" (about {human(sum(known))} on this machine)" if known else ""
+    print(f"{len(seen) - len(todo)} built, {len(todo)} to build{left}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    """What the builds running in this project are doing now (from any terminal)."""
+    from modelmake.graph.progress import human, running
+
+    now = running(ROOT)
+    if not now:
+        print("no stage is being built in this project")
+        return 0
+    for r in now:
+        p = r["progress"]
+        left = f", {human(p.left_s)} left" if p and p.left_s is not None else ""
+        print(f"{r['stage']:<9} {r['key']}  running for {human(r['elapsed_s'])}" + (f": {p}{left}" if p else "")
+              + f"  (log: logs/{r['stage']}/{r['key']}.log)")
     return 0
 
 
@@ -131,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build the default target (a sweep with comma lists)")
     b.add_argument("--profile", help="a profile in profiles/ (e.g. slurm): where and how jobs run")
+    b.add_argument("--verbose", action="store_true", help="show Snakemake's whole output instead of the build's view")
     b.add_argument("overrides", nargs="*")
     p = sub.add_parser("plan", help="print keys and paths of every artifact")
     p.add_argument("overrides", nargs="*")
@@ -152,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("name", help="a search spec in conf/search/")
     s.add_argument("--trials", type=int, help="finished trials wanted (default: the spec's n_trials)")
     s.add_argument("overrides", nargs="*", help="fixed overrides for every trial")
+    sub.add_parser("status", help="what the builds running in this project are doing now")
     st = sub.add_parser("stage", help="build one stage of the chain (what each rule and dvc.yaml stage runs)")
     st.add_argument("name", choices=[spec.name for spec in RECIPE.stages])
     st.add_argument("overrides", nargs="*")
@@ -160,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)
     try:
         commands = {"build": cmd_build, "plan": cmd_plan, "generate": cmd_generate, "dvc": cmd_dvc,
-                    "explain": cmd_explain, "search": cmd_search, "stage": cmd_stage}
+                    "explain": cmd_explain, "search": cmd_search, "stage": cmd_stage, "status": cmd_status}
         return commands[args.command](args)
     except ModelmakeError as e:
         print(f"modelmake: error: {e}", file=sys.stderr)

@@ -6,9 +6,9 @@ artifacts built twice). Used by tests/test_faults.py and bench/faults.py.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from modelmake.core.journal import entries, latest
 from modelmake.core.locks import SCRATCH_PREFIX, TMP_MARK
 
 
@@ -103,27 +104,51 @@ def wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = No
 
 
 def kill_inside(project: Path, stage: str, victim: str, args: list[str], rng: random.Random, seconds: float,
-                log: Path) -> dict:
+                log: Path, attempts: int = 4) -> dict:
     """Start `args` (a build) in `project`, wait until `stage` is writing its temporary folder, wait
     a random part of `seconds` (the stage's usual time), then kill -9 the `victim`: "stage" (its
-    process) or "snakemake" (the build's own process, args[0]). Returns what was seen."""
-    old = temporaries(project, stage)
-    build = start(project, args, log)
-    pid = wait_for(lambda: stage_pids(project, stage), 600, f"{stage} to start", build)[0]
-    # then a tight poll (a few ms) for its temporary folder: a stage's build can take 0.1 s
-    wait_for(lambda: temporaries(project, stage) - old, 600, f"{stage} to write", build, poll=0.002)
-    time.sleep(rng.uniform(0.0, 0.5) * seconds)
-    os.kill(pid if victim == "stage" else build.pid, signal.SIGKILL)
-    rc = build.wait(120)
-    if victim == "snakemake":  # the stage must not run on, orphaned
-        wait_for(lambda: gone(pid), 30, f"the orphaned {stage} process to exit")
-    return {"rc": rc, "stage_pid": pid, "temporaries": sorted(temporaries(project, stage) - old)}
+    process) or "snakemake" (the build's own process, args[0]). A stage that finished before the
+    kill (a faster run than the one timed) is a miss: its artifact is removed and the build runs
+    again with half the wait, so the fault is always injected inside the stage. Returns what was seen."""
+    from modelmake.core.locks import make_writable
+
+    folder = Path(project) / "artifacts" / stage
+    fraction = 0.5
+    for _ in range(attempts):
+        old, finals = temporaries(project, stage), set(folder.glob("[0-9a-f]*"))
+        build = start(project, args, log)
+        pid = wait_for(lambda: stage_pids(project, stage), 600, f"{stage} to start", build)[0]
+        # then a tight poll (a few ms) for its temporary folder: a stage's build can take 0.1 s
+        wait_for(lambda old=old: temporaries(project, stage) - old, 600, f"{stage} to write", build, poll=0.002)
+        time.sleep(rng.uniform(0.0, fraction) * seconds)
+        try:
+            if gone(pid):
+                raise ProcessLookupError(pid)
+            os.kill(pid if victim == "stage" else build.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the stage was done before the kill: not the fault asked for
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(build.pid, signal.SIGKILL)
+            build.wait(120)
+            for new in set(folder.glob("[0-9a-f]*")) - finals:
+                make_writable(new)
+                shutil.rmtree(new)
+            fraction /= 2
+            continue
+        rc = build.wait(120)
+        if victim == "snakemake":  # the stage must not run on, orphaned
+            wait_for(lambda pid=pid: gone(pid), 30, f"the orphaned {stage} process to exit")
+        return {"rc": rc, "stage_pid": pid, "temporaries": sorted(temporaries(project, stage) - old)}
+    raise RuntimeError(f"{stage} finished before every one of {attempts} kills")
 
 
 def journal(project: Path) -> list[dict]:
-    """The build journal (stage.JOURNAL): one line per artifact built."""
-    path = Path(project) / "logs" / "builds.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    """The build journal (graph.journal): one line per artifact built."""
+    return [e for e in entries(Path(project)) if e.get("action", "build") == "build"]
+
+
+def built_seconds(project: Path, node) -> float:
+    """How long `node`'s artifact took to build in `project` (its journal entry)."""
+    return latest(node.stage, node.key, Path(project))["seconds"]
 
 
 def built_twice(project: Path) -> int:

@@ -69,6 +69,21 @@ def lock_dir(path: Path) -> int:
     return fd
 
 
+def is_held(path: Path) -> bool:
+    """Whether a live process holds the flock of `path` (a folder being written, a lock file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if _try(fd, fcntl.LOCK_EX):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        return True
+    finally:
+        os.close(fd)
+
+
 def remove_if_abandoned(path: Path) -> bool:
     """Remove a temporary folder (or lock file) unless a live process holds its flock."""
     try:

@@ -104,3 +104,44 @@ def prompt_text(template: str, marker: str, prompt: str) -> str:
         raise ModelmakeError("data.response_marker must occur in data.template to build a prompt")
     head = prompt_template(template, marker)
     return head.format(**{name: prompt for name in template_fields(head)})
+
+
+def template_fit(template: str, special: list[str], stops: list[str], model: str) -> str | None:
+    """Why a text template does not fit a model's tokenizer, or None: a role marker (`<|...|>`) that
+    is not one of its special tokens is split into plain text pieces the model never learned as a
+    turn boundary, and an end marker that is not a stop token lets generation run past the answer."""
+    unknown = [t for t in role_tokens(template) if t not in special]
+    if unknown:
+        known = ", ".join(t for t in special if t.startswith("<|")) or ", ".join(special[:6])
+        return (f"the marker {unknown[0]!r} is not a special token of {model}'s tokenizer "
+                f"(its chat tokens: {known or 'none'})")
+    last = max((m.end() for m in re.finditer(r"\{\w+\}", template)), default=len(template))
+    ends = role_tokens(template[last:])
+    if ends and not set(ends) & set(stops):
+        return (f"the end marker {ends[0]!r} is not a stop token of {model} (its stop tokens: "
+                f"{', '.join(stops) or 'none'}): generation would run on past the answer")
+    return None
+
+
+def sandbox_problem(chat_template: str) -> str | None:
+    """Why a chat template does not render a sample conversation in the Jinja sandbox that
+    transformers renders it in, or None."""
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    env.filters["tojson"] = lambda x, **kw: __import__("json").dumps(x, **kw)
+    messages = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "Hi?"},
+                {"role": "assistant", "content": "Hello."}]
+    try:
+        env.from_string(chat_template).render(messages=messages, add_generation_prompt=False, bos_token="",
+                                              eos_token="")
+    except TemplateError as e:  # a SecurityError too
+        return f"{type(e).__name__}: {e}"
+    except Exception as e:  # noqa: BLE001 - any failure of a user's template is the same refusal
+        return f"{type(e).__name__}: {e}"
+    return None

@@ -55,18 +55,28 @@ def _explain(e: Exception, overrides: tuple[str, ...]) -> str:
     """Hydra's message, with its "use +key=value" hint replaced by the nearest real key."""
     text = str(e)
     m = re.search(r"Could not override '([^']+)'", text)
-    if m and "not in struct" in text:
+    if m and m.group(1) not in _known(overrides):
         return f"no config field '{m.group(1)}'{_did_you_mean(m.group(1), overrides)}"
+    g = re.search(r"Could not find '([\w/]+)/([^'/]+)'", text)
+    if g and (CONF_DIR / g.group(1)).is_dir():
+        options = sorted(p.stem for p in (CONF_DIR / g.group(1)).glob("*.yaml"))
+        near = difflib.get_close_matches(g.group(2), options, n=1, cutoff=0.6)
+        return (f"no option '{g.group(2)}' in config group '{g.group(1)}' (options: {', '.join(options)})"
+                + (f"; did you mean '{near[0]}'?" if near else ""))
     return text
 
 
-def _did_you_mean(key: str, overrides: tuple[str, ...]) -> str:
+def _known(overrides: tuple[str, ...]) -> list[str]:
+    """Every field of the config these overrides' group choices compose."""
     groups = tuple(o for o in overrides if "=" in o and "." not in o.split("=", 1)[0].lstrip("+~"))
     try:
-        known = _field_names(groups)
-    except Exception:  # noqa: BLE001 - a group choice that does not compose: no suggestion
-        known = _field_names(())
-    near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        return _field_names(groups)
+    except Exception:  # noqa: BLE001 - a group choice that does not compose: the defaults' fields
+        return _field_names(())
+
+
+def _did_you_mean(key: str, overrides: tuple[str, ...]) -> str:
+    near = difflib.get_close_matches(key, _known(overrides), n=1, cutoff=0.6)
     return f"; did you mean '{near[0]}'?" if near else ""
 
 

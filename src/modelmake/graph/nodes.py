@@ -24,6 +24,9 @@ class StageSpec:
     when: Callable[[DictConfig], bool] | None = None            # in the graph only when this holds
     over_points: bool = False                 # one node over every point of a run or sweep (report)
     outputs: tuple[str, ...] = ()             # files beside the manifest Snakemake should name
+    # DVC versions the artifact (dvc.yaml): not a side effect's record (a registration) nor a view
+    # of one machine's measurements (the report's decode speeds), which a rebuild cannot reproduce
+    versioned: bool = True
 
     @property
     def module(self) -> str:
@@ -72,7 +75,6 @@ class Node:
             "inputs": {k: {"key": n.key, "path": str(n.path)} for k, n in self.inputs.items()},
             "data": self.data,
             "code": self.code,
-            "overrides": list(self.overrides),
         }
 
 

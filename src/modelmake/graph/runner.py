@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import importlib
-import json
 import logging
 import os
 import platform
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from modelmake.core import journal
 from modelmake.core.atomic import atomic_dir, write_json
 from modelmake.core.errors import ModelmakeError
 from modelmake.core.lifecycle import die_with_parent
@@ -32,9 +32,8 @@ from modelmake.graph.nodes import Node
 
 # Bump by hand when what the runner writes into an artifact changes (manifest fields, metrics
 # file): every key moves, so old artifacts are rebuilt rather than read in the old form.
-RUNNER_FORMAT = 1
+RUNNER_FORMAT = 2
 METRICS = "metrics.json"
-JOURNAL = Path("logs") / "builds.jsonl"  # one line per artifact built: who built what, when
 
 log = logging.getLogger("modelmake")
 Build = Callable[[Node, Path, DictConfig], dict]
@@ -87,38 +86,25 @@ def _check_inputs(node: Node) -> None:
 
 
 def _build(node: Node, cfg, build: Build) -> None:
+    """The artifact holds only what its key determines, so a rebuild (another day, another machine
+    of the same kind, a fresh clone) writes the same bytes and DVC's lock stays as committed: how
+    long it took, where, and what a stage measured of the machine (`metrics["measured"]`: decode
+    speed, GEMM speed) go to the build journal instead."""
     stage = node.stage
     log.info("%s: building %s", stage, node.path)
     started, t0 = _now(), time.perf_counter()
     with atomic_dir(node.path) as tmp:
-        metrics = build(node, tmp, cfg) or {}
+        metrics = dict(build(node, tmp, cfg) or {})
+        measured = metrics.pop("measured", {})
         write_json(tmp / METRICS, metrics)
-        manifest = node.provenance() | {
-            "files": file_hashes(tmp),
-            "started": started,
-            "finished": _now(),
-            "seconds": round(time.perf_counter() - t0, 3),
-            "peak_rss_bytes": peak_rss_bytes(),
-            "host": socket.gethostname(),
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
-            "metrics": metrics,
-        }
-        write_json(tmp / MANIFEST, manifest)
-    log.info("%s: done in %.1f s -> %s", stage, time.perf_counter() - t0, node.path)
-    _journal({"stage": stage, "key": node.key, "started": started, "pid": os.getpid(),
-              "host": manifest["host"]})
-
-
-def _journal(entry: dict) -> None:
-    """Append to the build journal (O_APPEND: concurrent builds' lines never interleave), so how
-    often an artifact was built can be counted after the fact; its manifest keeps only the last."""
-    JOURNAL.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(JOURNAL, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    try:
-        os.write(fd, (json.dumps(entry, sort_keys=True) + "\n").encode())
-    finally:
-        os.close(fd)
+        write_json(tmp / MANIFEST, node.provenance() | {"files": file_hashes(tmp), "metrics": metrics})
+    seconds = time.perf_counter() - t0
+    log.info("%s: done in %.1f s -> %s", stage, seconds, node.path)
+    journal.append({"action": "build", "stage": stage, "key": node.key, "started": started,
+                    "seconds": round(seconds, 3),
+              "pid": os.getpid(), "host": socket.gethostname(), "peak_rss_bytes": peak_rss_bytes(),
+              "platform": platform.platform(), "python": sys.version.split()[0],
+              "model": str(cfg.model.name) if cfg is not None else None, "measured": measured})
 
 
 def peak_rss_bytes() -> int:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from modelmake.core.paths import ROOT
@@ -78,15 +80,124 @@ EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b
 # nothing to restore, nothing lost (every artifact is renamed into place whole)
 NOISE = re.compile(r"^Cannot restore .*: no backup found\.$")
 STOP_GRACE_S = 60  # after a stop is forwarded, how long Snakemake may take to end its jobs
+_RULE = re.compile(r"^(?:local)?rule (\w+):$")
+_KEY = re.compile(r"^\s+wildcards: key=([0-9a-f]{12})")
+_JOBID = re.compile(r"^\s+jobid: (\d+)$")
+_FINISHED = re.compile(r"^Finished jobid: (\d+) \(Rule: (\w+)\)")
+_PASS = re.compile(r"^(report: |modelmake: )")
+_SNAKEMAKE_END = re.compile(r"^(Complete log\(s\)|Elapsed time|\d+ of \d+ steps)")
 
 
-def run_snakemake(cmd: list[str], cwd: Path = ROOT) -> int:
-    """Run Snakemake, passing its output through; on failure end with each failed stage's reason
-    and log path, so the cause is the last thing printed, not buried in Snakemake's error block.
+class QuietView:
+    """The terminal view of a build: one line as each stage starts and ends, its own progress while
+    it runs (from its log's progress bar) and the time left (learned from this machine's earlier
+    builds: graph.progress). Snakemake's whole output goes to a log file; its error blocks are not
+    shown (the failing stage's reason and log path end the output instead)."""
+
+    def __init__(self, cwd: Path, pending: list[tuple[str, str, float | None]], out=sys.stderr, every_s: float = 2.0):
+        from modelmake.graph.progress import human
+
+        self.cwd, self.out, self.every_s, self.human = Path(cwd), out, every_s, human
+        self.estimates = {(stage, key): est for stage, key, est in pending}
+        self.total = len(pending)
+        self.done = 0
+        self.jobs: dict[str, dict] = {}     # jobid -> {"stage", "key", "t0", "shown"}
+        self._block: dict = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.t0 = time.monotonic()
+        self.tail = False
+        self.tty = getattr(out, "isatty", lambda: False)()
+        left = self._left()
+        names = ", ".join(sorted({stage for stage, _, _ in pending}, key=[s for s, _, _ in pending].index))
+        self._say(f"modelmake: {self.total} artifact(s) to build ({names})" + (f", about {human(left)}" if left
+                  else "") if self.total else "modelmake: nothing to build: every artifact is current")
+
+    def _say(self, text: str) -> None:
+        with self._lock:
+            self.out.write(("\r\x1b[K" if self.tty else "") + text + "\n")
+            self.out.flush()
+
+    def _left(self) -> float | None:
+        ests = [e for k, e in self.estimates.items()]
+        known = [e for e in ests if e is not None]
+        return sum(known) if known else None
+
+    def line(self, line: str) -> None:
+        text = line.rstrip("\n")
+        if m := _RULE.match(text):
+            self._block = {"stage": m.group(1)}
+        elif (m := _JOBID.match(text)) and self._block:
+            self._block["jobid"] = m.group(1)
+        elif (m := _KEY.match(text)) and self._block.get("jobid"):
+            stage, key = self._block["stage"], m.group(1)
+            self.jobs[self._block["jobid"]] = {"stage": stage, "key": key, "t0": time.monotonic(), "shown": -1.0}
+            est = self.estimates.get((stage, key))
+            self._say(f"[{self.done + 1:>2}/{self.total}] {stage:<9} {key}  started"
+                      + (f" (about {self.human(est)})" if est else ""))
+            self._block = {}
+        elif m := _FINISHED.match(text):
+            job = self.jobs.pop(m.group(1), None)
+            if job:
+                self.done += 1
+                self.estimates.pop((job["stage"], job["key"]), None)
+                left = self._left() if self.done < self.total else None
+                took = self.human(time.monotonic() - job["t0"])
+                self._say(f"[{self.done:>2}/{self.total}] {job['stage']:<9} {job['key']}  done in {took}"
+                          + (f", about {self.human(left)} left" if left else ""))
+        elif text.startswith("=== generation"):
+            self.tail = True  # the Snakefile's onsuccess: the generations and the report, shown whole
+            self._say("")
+            self._say(text)
+        elif self.tail and not _SNAKEMAKE_END.match(text):
+            self._say(text)
+        elif _PASS.match(text):
+            self._say(text)
+
+    def tick(self) -> None:
+        from modelmake.graph.progress import last_progress
+
+        for job in list(self.jobs.values()):
+            p = last_progress(self.cwd / "logs" / job["stage"] / f"{job['key']}.log")
+            if p is None or not p.total:
+                continue
+            if self.tty or p.fraction - job["shown"] >= 0.1 or p.n == p.total:
+                if p.n == p.total and job["shown"] >= 1.0:
+                    continue
+                job["shown"] = p.fraction
+                left = f", {self.human(p.left_s)} left" if p.left_s is not None else ""
+                text = f"        {job['stage']:<9} {job['key']}  {p}{left}"
+                if self.tty:
+                    with self._lock:
+                        self.out.write("\r\x1b[K" + text[:200])
+                        self.out.flush()
+                else:
+                    self._say(text)
+
+    def start(self) -> None:
+        def loop():
+            while not self._stop.wait(self.every_s):
+                self.tick()
+        threading.Thread(target=loop, name="modelmake-progress", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.tty:
+            self._say("")
+
+
+def run_snakemake(cmd: list[str], cwd: Path = ROOT, view: QuietView | None = None) -> int:
+    """Run Snakemake; on failure end with each failed stage's reason and log path, so the cause is
+    the last thing printed, not buried in Snakemake's error block. Without a `view`, Snakemake's
+    output passes through; with one, it goes to logs/build/<time>.log and the view shows the build.
 
     SIGTERM, SIGINT or SIGHUP to this process is forwarded to Snakemake as SIGTERM, which ends its
     running stages (the Snakefile's onstart: lifecycle.stop_children_on_signal); should it not be
     gone STOP_GRACE_S later, it is killed, and its stages die with it (their watchdog)."""
+    full_log = None
+    if view is not None:
+        full_log = Path(cwd) / "logs" / "build" / f"{time.strftime('%Y-%m-%dT%H-%M-%S')}-{os.getpid()}.log"
+        full_log.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(cmd, cwd=cwd, stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1)
     stopped: list[int] = []
 
@@ -101,24 +212,42 @@ def run_snakemake(cmd: list[str], cwd: Path = ROOT) -> int:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     seen = []
+    sink = full_log.open("w") if full_log else None
     try:
+        if view is not None:
+            view.start()
         for line in proc.stderr:
-            if not NOISE.match(line.rstrip("\n")):
-                sys.stderr.write(line)
             seen.append(line)
+            if sink:
+                sink.write(line)
+                sink.flush()
+                view.line(line)
+            elif not NOISE.match(line.rstrip("\n")):
+                sys.stderr.write(line)
         rc = proc.wait()
     finally:
+        if view is not None:
+            view.stop()
+        if sink:
+            sink.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    where = f"\n  Snakemake's whole output: {full_log.relative_to(cwd)}" if full_log else ""
     if stopped:
         name = signal.Signals(stopped[0]).name
         print(f"modelmake: stopped by {name}: the running stages were ended and their temporary folders "
-              "removed; the same command resumes the build", file=sys.stderr)
+              f"removed; the same command resumes the build{where}", file=sys.stderr)
         return 128 + stopped[0]
     if rc != 0:
-        for rule, log in failures("".join(seen)):
+        found = failures("".join(seen))
+        if not found and view is not None:  # not a stage's failure: Snakemake's own words, briefly
+            tail = [line.rstrip() for line in seen if line.strip() and not NOISE.match(line.rstrip())][-8:]
+            print("\n".join(tail), file=sys.stderr)
+        for rule, log in found:
             why = reason(Path(cwd) / log) if log else "(no log)"
             print(f"modelmake: {rule} failed: {why}" + (f"\n  log: {log}" if log else ""), file=sys.stderr)
+        if where:
+            print(where.lstrip("\n"), file=sys.stderr)
     return rc
 
 

@@ -66,7 +66,8 @@ def gguf_path(m) -> Path:
 def _gguf_facts(path: Path) -> dict:
     from gguf import GGUFReader  # ~2 s to parse: memoized by content hash
 
-    fields = GGUFReader(str(path)).fields
+    reader = GGUFReader(str(path))
+    fields = reader.fields
 
     def value(name):
         f = fields.get(name)
@@ -78,9 +79,18 @@ def _gguf_facts(path: Path) -> dict:
     arch = value("general.architecture")
     if arch is None:
         raise ModelmakeError(f"model.source: {path} has no general.architecture in its metadata")
+    names, special = [], []
+    if "tokenizer.ggml.tokens" in fields:
+        toks, types = fields["tokenizer.ggml.tokens"], fields.get("tokenizer.ggml.token_type")
+        names = [bytes(toks.parts[i]).decode(errors="replace") for i in toks.data]
+        kinds = [int(types.parts[i][0]) for i in types.data] if types else [1] * len(names)
+        special = [n for n, k in zip(names, kinds) if k in (3, 4)]  # control and user-defined tokens
+    stops = [names[i] for i in (value("tokenizer.ggml.eos_token_id"), value("tokenizer.ggml.eot_token_id"))
+             if i is not None and i < len(names)]
     return {"gguf_architecture": arch, "hidden_size": value(f"{arch}.embedding_length"),
             "intermediate_size": value(f"{arch}.feed_forward_length"),
-            "chat_template": "tokenizer.chat_template" in fields}
+            "chat_template": value("tokenizer.chat_template"), "special_tokens": special,
+            "stop_tokens": sorted(set(stops)), "parameters": int(sum(int(t.n_elements) for t in reader.tensors))}
 
 
 def local_folder(m) -> Path | None:
@@ -139,22 +149,28 @@ def data(m) -> dict[str, str]:
 
 
 def describe(m) -> dict:
-    """{architecture, hidden_size, intermediate_size, chat_template (has one)} of the model the
-    base stage will produce; empty where it cannot be known without a download (a hub id not in
-    the local cache)."""
+    """What the base stage will produce, as far as it is known without a download (empty for a hub
+    id not in the local cache): architecture, widths, parameter count, the chat template (its text,
+    or False for none), the tokenizer's special tokens and stop tokens (None where unknown)."""
     if m.kind == "tiny":
+        from modelmake.models.chat_formats import PHI3_CHAT_TEMPLATE, PHI3_SPECIAL_TOKENS, PHI3_STOP_TOKENS
+
         a = m.architecture
         return {"architecture": "Phi3ForCausalLM", "hidden_size": a.hidden_size,
-                "intermediate_size": a.intermediate_size, "chat_template": True}
+                "intermediate_size": a.intermediate_size, "chat_template": PHI3_CHAT_TEMPLATE,
+                "special_tokens": PHI3_SPECIAL_TOKENS, "stop_tokens": PHI3_STOP_TOKENS,
+                "parameters": _parameters(a.hidden_size, a.intermediate_size, a.num_hidden_layers,
+                                          m.tokenizer.vocab_size)}
     if m.kind == "gguf":
         path = gguf_path(m)
-        facts = fact(file_sha256(path), "gguf", lambda: _gguf_facts(path))
+        facts = fact(file_sha256(path), "gguf-2", lambda: _gguf_facts(path))
         name = facts["gguf_architecture"]
         if name not in GGUF_ARCHITECTURES:
             raise ModelmakeError(f"model.source: {path.name} holds a '{name}' model; GGUF architectures read "
                                  f"here: {sorted(GGUF_ARCHITECTURES)}")
-        return {"architecture": GGUF_ARCHITECTURES[name], "hidden_size": facts["hidden_size"],
-                "intermediate_size": facts["intermediate_size"], "chat_template": facts["chat_template"]}
+        return {"architecture": GGUF_ARCHITECTURES[name], "chat_template": facts["chat_template"] or False,
+                **{k: facts[k] for k in ("hidden_size", "intermediate_size", "special_tokens", "stop_tokens",
+                                         "parameters")}}
     folder = local_folder(m)
     if folder is not None:
         config = _check_folder(folder)
@@ -166,18 +182,83 @@ def describe(m) -> dict:
     archs = config.get("architectures") or []
     if len(archs) != 1:
         raise ModelmakeError(f"model.source: {m.source}/config.json names architectures {archs}; expected one")
-    return {"architecture": archs[0], "hidden_size": config.get("hidden_size"),
-            "intermediate_size": config.get("intermediate_size"),
-            "chat_template": _has_chat_template(folder) if folder is not None else None}
+    facts = {"architecture": archs[0], "hidden_size": config.get("hidden_size"),
+             "intermediate_size": config.get("intermediate_size"), "chat_template": None,
+             "special_tokens": None, "stop_tokens": None,
+             "parameters": _parameters(config.get("hidden_size"), config.get("intermediate_size"),
+                                       config.get("num_hidden_layers"), config.get("vocab_size"))}
+    if folder is not None:
+        facts |= _tokenizer_facts(folder, config) | {"parameters": _safetensors_parameters(folder)}
+    return facts
 
 
-def _has_chat_template(folder: Path) -> bool:
-    if (folder / "chat_template.jinja").is_file():
-        return True
+def _parameters(hidden, inter, layers, vocab) -> int | None:
+    """About how many parameters a decoder of these sizes has (attention 4 h^2, MLP 3 h i, embeddings
+    and head 2 v h): enough to tell whether it can fit a machine, before anything is loaded."""
+    if not all(isinstance(x, int) and x > 0 for x in (hidden, inter, layers, vocab)):
+        return None
+    return layers * (4 * hidden * hidden + 3 * hidden * inter) + 2 * vocab * hidden
+
+
+def _safetensors_parameters(folder: Path) -> int:
+    """Parameters in a folder's safetensors files, from their headers (8-byte length + JSON); an
+    empty, truncated or unreadable file is refused naming it."""
+    total = 0
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            with f.open("rb") as fh:
+                head = fh.read(8)
+                n = int.from_bytes(head, "little") if len(head) == 8 else 0
+                header = json.loads(fh.read(n)) if 0 < n < 100_000_000 else None
+            size = f.stat().st_size
+        except (OSError, ValueError) as e:
+            raise ModelmakeError(f"model.source: {f} is not a readable safetensors file ({e})") from None
+        if not isinstance(header, dict):
+            raise ModelmakeError(f"model.source: {f} is not a safetensors file (empty or no header)")
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end > size:
+            raise ModelmakeError(f"model.source: {f} is truncated ({size} bytes, its header says {8 + n + end})")
+        for k, t in header.items():
+            if k != "__metadata__":
+                count = 1
+                for d in t.get("shape", []):
+                    count *= int(d)
+                total += count
+    return total
+
+
+def _tokenizer_facts(folder: Path, config: dict) -> dict:
+    """The special tokens, stop tokens and chat template of a folder's tokenizer files (None where
+    the files do not say)."""
+    out: dict = {"chat_template": False}
     try:
-        return bool(json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template"))
+        tok = json.loads((folder / "tokenizer.json").read_text())
     except (OSError, ValueError):
-        return False
+        tok = None
+    try:
+        tok_cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        tok_cfg = {}
+    if (folder / "chat_template.jinja").is_file():
+        out["chat_template"] = (folder / "chat_template.jinja").read_text()
+    elif isinstance(tok_cfg.get("chat_template"), str):
+        out["chat_template"] = tok_cfg["chat_template"]
+    if tok is None:
+        return out
+    added = {t["id"]: t["content"] for t in tok.get("added_tokens", [])}
+    out["special_tokens"] = sorted(t["content"] for t in tok.get("added_tokens", []) if t.get("special"))
+    vocab = {v: k for k, v in ((tok.get("model") or {}).get("vocab") or {}).items()} | added
+    try:
+        gen = json.loads((folder / "generation_config.json").read_text())
+    except (OSError, ValueError):
+        gen = {}
+    eos = gen.get("eos_token_id", config.get("eos_token_id"))
+    ids = eos if isinstance(eos, list) else [eos]
+    stops = {vocab[i] for i in ids if i in vocab}
+    if isinstance(tok_cfg.get("eos_token"), str):
+        stops.add(tok_cfg["eos_token"])
+    out["stop_tokens"] = sorted(stops)
+    return out
 
 
 def check_revision(m) -> None:
@@ -214,12 +295,31 @@ class Source:
 
 
 def resolve(m) -> Source:
-    """`model.*` as a `Source`, computed once per distinct model config."""
-    return _resolve(OmegaConf.to_yaml(m) if OmegaConf.is_config(m) else json.dumps(m, sort_keys=True))
+    """`model.*` as a `Source`, computed once per distinct model config and state of its files (a
+    file's path, size, mtime and inode, as core.hashing memoizes them): a plan reads it once, and
+    a long-lived process (a search) sees a folder rewritten in place."""
+    text = OmegaConf.to_yaml(m) if OmegaConf.is_config(m) else json.dumps(m, sort_keys=True)
+    return _resolve(text, _fingerprint(OmegaConf.create(text)))
+
+
+def _fingerprint(m) -> tuple:
+    """The stat of every file the model config names (a missing one: nothing, refused later)."""
+    try:
+        if m.kind == "tiny":
+            paths = [Path(m.corpus) if Path(m.corpus).is_absolute() else ROOT / m.corpus]
+        elif m.kind == "gguf":
+            paths = [gguf_path(m)]
+        else:
+            folder = local_folder(m)
+            paths = _folder_files(folder) if folder is not None else []
+        stats = [(str(p), st.st_size, st.st_mtime_ns, st.st_ino) for p in paths for st in [p.stat()]]
+    except (ModelmakeError, OSError):
+        return ()
+    return tuple(stats)
 
 
 @lru_cache(maxsize=64)
-def _resolve(text: str) -> Source:
+def _resolve(text: str, fingerprint: tuple) -> Source:
     m = OmegaConf.create(text)
     facts = describe(m)
     files = data(m)

@@ -15,17 +15,7 @@ import torch
 from tqdm import tqdm
 
 from modelmake.core.errors import ModelmakeError
-
-# Phi-3's chat special tokens; <|end|> ends a turn, <|endoftext|> ends a document.
-SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
-PHI3_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' and message['content'] %}{{ '<|system|>\n' + message['content'] + '<|end|>\n' }}"
-    "{% elif message['role'] == 'user' %}{{ '<|user|>\n' + message['content'] + '<|end|>\n' }}"
-    "{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\n' + message['content'] + '<|end|>\n' }}"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
-)
+from modelmake.models.chat_formats import PHI3_CHAT_TEMPLATE, PHI3_SPECIAL_TOKENS, PHI3_STOP_TOKENS
 
 
 def corpus_texts(path: Path) -> list[str]:
@@ -56,7 +46,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int):
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=PHI3_SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -73,7 +63,7 @@ def hf_tokenizer(tok):
         eos_token="<|endoftext|>",
         unk_token="<|endoftext|>",
         pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS[1:],
+        additional_special_tokens=PHI3_SPECIAL_TOKENS[1:],
         model_max_length=4096,
     )
     hf.chat_template = PHI3_CHAT_TEMPLATE
@@ -98,7 +88,7 @@ def projection_sizes(arch) -> set[int]:
 def phi3_config(arch, vocab_size: int, tokenizer):
     from transformers import Phi3Config
 
-    end_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|end|>", "<|endoftext|>")]
+    end_ids = [tokenizer.convert_tokens_to_ids(t) for t in PHI3_STOP_TOKENS]
     return Phi3Config(
         vocab_size=vocab_size,
         hidden_size=arch.hidden_size,

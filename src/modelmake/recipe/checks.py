@@ -6,10 +6,16 @@ execution provider this machine's onnxruntime can run. Each refusal is one line 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
 from modelmake.core.errors import ModelmakeError
-from modelmake.data.templates import CHAT, template_fields
+from modelmake.core.hashing import fact, file_sha256
+from modelmake.core.paths import ROOT
+from modelmake.data.records import read_records
+from modelmake.data.templates import CHAT, role_tokens, sandbox_problem, template_fields, template_fit
 from modelmake.models import sources
 from modelmake.models.families import (
     FAMILIES,
@@ -68,18 +74,59 @@ def check(cfg: DictConfig) -> None:
     # the model itself, before any work: found, readable, an architecture every stage supports
     model = sources.resolve(cfg.model).facts
     check_targets(cfg, family_of(model["architecture"]) if model else None)
-    if cfg.data.template == CHAT:
-        need(model.get("chat_template") is not False, "data.template",
-             f"'chat' needs a chat template, and the tokenizer of model '{cfg.model.name}' has none; "
-             "give the template as text (Olive style: '<|user|>\\n{prompt}...')")
-    else:
-        template_fields(cfg.data.template)
-        need(not cfg.data.response_marker or cfg.data.response_marker in cfg.data.template, "data.response_marker",
-             f"{cfg.data.response_marker!r} does not occur in data.template {cfg.data.template!r}")
+    check_template(cfg, model)
+    check_records(cfg, model)
     for f in ("hidden_size", "intermediate_size"):
         if model.get(f):
             need(model[f] % cfg.quantize.group_size == 0, "quantize.group_size",
                  f"{cfg.quantize.group_size} does not divide the model's {f}={model[f]}")
+
+
+def check_template(cfg: DictConfig, model: dict) -> None:
+    """The data template against the model: a chat template that exists and renders in the sandbox;
+    a text template whose markers are the tokenizer's special tokens and whose end marker is a
+    stop token (where the tokenizer can be read now; else the dataset stage checks it)."""
+    d, name = cfg.data, cfg.model.name
+    hint = ("use data.template=chat (the model's own format) or a template in its own markers, or set "
+            "data.check_template=false if you mean it")
+    if d.template == CHAT:
+        chat = model.get("chat_template")
+        need(chat is not False, "data.template", f"'chat' needs a chat template, and the tokenizer of model "
+             f"'{name}' has none; give the template as text (Olive style: '<|user|>\\n{{prompt}}...')")
+        problem = sandbox_problem(chat) if isinstance(chat, str) else None
+        need(problem is None, "data.template", f"the chat template of model '{name}' does not render a sample "
+             f"conversation in the sandbox ({problem}); give the template as text")
+        return
+    template_fields(d.template)
+    need(not d.response_marker or d.response_marker in d.template, "data.response_marker",
+         f"{d.response_marker!r} does not occur in data.template {d.template!r}")
+    slots = template_fields(d.template)
+    for role in ("user", "assistant"):
+        need(d.fields[role] in slots, f"data.fields.{role}",
+             f"'{d.fields[role]}' has no effect with a text template, which reads the record fields it names "
+             f"({', '.join(slots)}); write the field into data.template, e.g. '<|user|>\\n{{{d.fields[role]}}}...'")
+    if d.check_template and model.get("special_tokens") is not None:
+        problem = template_fit(d.template, model["special_tokens"], model.get("stop_tokens") or [], name)
+        need(problem is None, "data.template", f"{problem}; {hint}")
+
+
+def check_records(cfg: DictConfig, model: dict) -> None:
+    """Every record of the data file read, parsed and checked against the template's fields when
+    the plan is built (the file is hashed then anyway; the verdict is memoized by its content), so a
+    bad file is refused with its file:line:field lines before any stage runs."""
+    d = cfg.data
+    path = Path(d.path) if Path(d.path).is_absolute() else ROOT / d.path
+    if not path.is_file():
+        return  # named by the dataset stage's data check (recipe.table): not found, a directory, ...
+    if d.template == CHAT:
+        fields = [d.fields.user, d.fields.assistant]
+        chat = model.get("chat_template")
+        forbidden = role_tokens(chat) if isinstance(chat, str) else []
+    else:
+        fields, forbidden = template_fields(d.template), role_tokens(d.template)
+    forbidden = [] if d.allow_special_tokens else forbidden
+    fact(file_sha256(path), f"records-ok:{json.dumps([fields, forbidden])}",
+         lambda: len(read_records(path, fields, forbidden)))
 
 
 def family_of(architecture: str):

@@ -62,10 +62,10 @@ STAGES = (
               ("evaluate", "train"), ("base", "dataset", "quantize", "finetune", "export", "adapter"),
               (*TORCH, "autoawq", "peft", "onnxruntime-genai")),
     StageSpec("register", "the ONNX model + adapter as a versioned model asset (MLflow or Azure ML)",
-              ("register",), ("export", "adapter", "generate"), ("mlflow", "azure-ai-ml")),
+              ("register",), ("export", "adapter", "generate"), ("mlflow", "azure-ai-ml"), versioned=False),
     StageSpec("report", "one page over every point of a run or sweep: tables, plots, generations",
               ("report",), ("evaluate", "finetune", "generate"), ("matplotlib",), over_points=True,
-              outputs=("report.html",)),
+              outputs=("report.html",), versioned=False),
 )
 
 RECIPE = Recipe(

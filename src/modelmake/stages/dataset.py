@@ -18,6 +18,7 @@ from modelmake.data.templates import (
     render,
     role_tokens,
     template_fields,
+    template_fit,
 )
 from modelmake.stages.layout import TEMPLATE_FILE, model_location
 
@@ -41,6 +42,22 @@ def prepare(path: Path, template: str, marker: str, eval_fraction: float, seed: 
     return train, evals
 
 
+def check_fit(template: str, source: str, cfg) -> None:
+    """The text template against the tokenizer the plan could not read (a hub model): its markers
+    special tokens, its end marker a stop token (recipe.checks does the same at plan time)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    kw = {"revision": cfg.model.revision} if cfg.model.get("revision") else {}
+    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=bool(cfg.model.trust_remote_code), **kw)
+    special = sorted(set(tok.all_special_tokens) | {t.content for t in tok.added_tokens_decoder.values() if t.special})
+    eos = getattr(AutoConfig.from_pretrained(source, **kw), "eos_token_id", None)
+    stops = {tok.convert_ids_to_tokens(i) for i in (eos if isinstance(eos, list) else [eos]) if i is not None}
+    problem = template_fit(template, special, sorted(stops | {tok.eos_token} - {None}), cfg.model.name)
+    if problem:
+        raise ModelmakeError(f"config field 'data.template': {problem}; use data.template=chat, or a template in "
+                             "the model's own markers, or set data.check_template=false if you mean it")
+
+
 def build(node, out: Path, cfg) -> dict:
     d = cfg.data
     tok, check = None, None
@@ -51,6 +68,8 @@ def build(node, out: Path, cfg) -> dict:
                                             trust_remote_code=bool(cfg.model.trust_remote_code))
         check = lambda items, records: check_chat_rendering(  # noqa: E731
             tok, items, records, d.fields.user, d.fields.assistant, d.get("system"), Path(d.path))
+    elif d.check_template and not Path(model_location(node.inputs["base"].path)).is_dir():
+        check_fit(d.template, model_location(node.inputs["base"].path), cfg)  # a hub model: not known at plan time
     template, marker = effective_template(d, tok)
     # a record that forges a turn (holds one of the template's role tokens) is refused, file:line:field
     forbidden = [] if d.allow_special_tokens else role_tokens(template)

@@ -12,6 +12,7 @@ import json
 import logging
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import onnx
@@ -39,17 +40,25 @@ def run_builder(src: Path, out: Path, e, cache: Path, log_path: Path) -> None:
             # full-precision matrix with the Gather.
             cmd.append("nodes_to_exclude=/lm_head/MatMul,/model/embed_tokens/Gather")
     log.info("builder: %s", " ".join(cmd))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, preexec_fn=pdeathsig)  # dies with the stage
     if proc.returncode != 0 or not (out / "model.onnx").exists():
-        tail = log_path.read_text(errors="replace")[-2000:]
-        raise ModelmakeError(f"onnxruntime-genai builder failed (exit {proc.returncode}); log {log_path}:\n{tail}")
+        text = log_path.read_text(errors="replace")
+        cause = next((c for c in ("No space left on device", "Disk quota exceeded", "Cannot allocate memory",
+                                  "out of memory") if c in text), None)
+        lines = [line for line in text.splitlines() if line.strip()]
+        last = cause or (lines[-1] if lines else "no output")
+        raise ModelmakeError(f"onnxruntime-genai builder failed (exit {proc.returncode}): {last}; its log: {log_path}")
 
 
 def add_lora(model_dir: Path, config: dict, targets: list[str]) -> dict:
     path = model_dir / "model.onnx"
     model = onnx.load(path, load_external_data=False)  # weights stay in model.onnx.data untouched
     spec = add_lora_inputs(model, config, list(targets))
+    # the builder stamps `0.18.0+<commit>`-style versions that vary by install: one per version
+    # keeps a rebuild byte-identical
+    model.producer_version = version("onnxruntime-genai")
     onnx.save(model, path)
     (model_dir / "lora_inputs.json").write_text(json.dumps(spec, indent=2))
     return spec
@@ -86,7 +95,9 @@ def build(node, out: Path, cfg) -> dict:
 
             src = scratch / "dense"
             dequantize_checkpoint(awq_dir, src)
-        run_builder(src, out / "model", e, scratch / "cache", out / "builder.log")
+        # the builder's log lives beside the stage's own: it outlasts a failed build's temporary folder,
+        # and it holds times, which the artifact must not
+        run_builder(src, out / "model", e, scratch / "cache", Path("logs") / "export" / f"{node.key}.builder.log")
     spec = add_lora(out / "model", config, targets)
     metrics = {"size_bytes": dir_size(out / "model"), "lora_inputs": len(spec["inputs"]),
                "activation_dtype": spec["dtype"], "num_layers": num_layers}

@@ -27,12 +27,24 @@ log = logging.getLogger(__name__)
 IGNORE = -100
 
 
-def encode(tok, items: list[dict], max_len: int) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) per item; labels mask the prompt and keep the response."""
+def stop_ids(tok, config) -> set[int]:
+    """The token ids that end the model's turn: its config's eos ids and the tokenizer's."""
+    eos = getattr(config, "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
+    return {i for i in ids if i is not None}
+
+
+def encode(tok, items: list[dict], max_len: int, stops: set[int] = frozenset()) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per item; labels mask the prompt and keep the response. A response that
+    holds none of the `stops` (a text template with no end marker, e.g. `### The tone is:\n{tone}`)
+    gets the first stop token appended, so the model learns to end its answer there."""
     out = []
     for it in items:
-        ids = tok(it["text"], add_special_tokens=False)["input_ids"][:max_len]
+        ids = tok(it["text"], add_special_tokens=False)["input_ids"]
         n_prompt = len(tok(it["prompt"], add_special_tokens=False)["input_ids"]) if it["prompt"] else 0
+        if stops and not set(ids[n_prompt:]) & stops:
+            ids = ids + [tok.eos_token_id if tok.eos_token_id in stops else min(stops)]
+        ids = ids[:max_len]
         labels = [IGNORE] * min(n_prompt, len(ids)) + ids[n_prompt:]
         if all(x == IGNORE for x in labels):
             raise ModelmakeError(
@@ -154,15 +166,18 @@ def build(node, out: Path, cfg) -> dict:
     ddir = node.inputs["dataset"].path
     tok = AutoTokenizer.from_pretrained(qdir)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    model = lora_model(load_awq_model(qdir, dtype=torch.float32), cfg.lora)
+    base = load_awq_model(qdir, dtype=torch.float32)
+    stops = stop_ids(tok, base.config)
+    model = lora_model(base, cfg.lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     t = cfg.train
-    train_ex = encode(tok, read_split(ddir, "train"), t.max_seq_len)
-    eval_ex = encode(tok, read_split(ddir, "eval"), t.max_seq_len)
+    train_ex = encode(tok, read_split(ddir, "train"), t.max_seq_len, stops)
+    eval_ex = encode(tok, read_split(ddir, "eval"), t.max_seq_len, stops)
     metrics = train(model, train_ex, eval_ex, t, pad_id, out / "train_log.csv")
     model.save_pretrained(out / "adapter", safe_serialization=True)
     sort_target_modules(out / "adapter" / "adapter_config.json")
-    return metrics | {"trainable_parameters": trainable}
+    measured = {"seconds_per_step": metrics.pop("seconds_per_step")}  # of this machine: the journal's
+    return metrics | {"trainable_parameters": trainable, "measured": measured}
 
 
 def sort_target_modules(path: Path) -> None:

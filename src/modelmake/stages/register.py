@@ -76,7 +76,10 @@ def lineage_tags(node) -> dict[str, str]:
 class MlflowRegistry:
     kind = "mlflow"
 
-    def __init__(self, tracking_uri: str, artifact_root: str, experiment: str):
+    def __init__(self, tracking_uri: str, artifact_root: str, experiment: str, alias: str | None = None,
+                 receipts: list[dict] = ()):
+        self.alias = alias
+        self.receipts = list(receipts)  # what earlier builds registered here (their receipt.json)
         self.tracking_uri = tracking_uri
         self.artifact_root = Path(artifact_root).resolve().as_uri()
         self.experiment = experiment
@@ -103,6 +106,7 @@ class MlflowRegistry:
 
         try:
             with FileLock(self.lock_path, timeout=600) if self.lock_path else nullcontext():
+                self._check_history(name)
                 self._create_db()
                 return self._register(name, version, description, tags, asset, digest)
         except ModelmakeError:
@@ -112,6 +116,29 @@ class MlflowRegistry:
         except Exception as e:  # the store's own errors (sqlalchemy, OS): one clear line, no receipt
             first = str(e).splitlines()[0] if str(e) else ""
             raise ModelmakeError(f"registry {self.tracking_uri}: {type(e).__name__}: {first}") from None
+
+    def _check_history(self, name: str) -> None:
+        """Refuse a registry that lost what receipts say it holds (its database deleted or replaced):
+        a fresh one would number versions from 1 again, and two receipts would claim one version for
+        different content. Called under the registry lock."""
+        mine = [r for r in self.receipts if r.get("tracking_uri") == self.tracking_uri and r.get("name") == name]
+        if not mine:
+            return
+        where = f"registry {self.db or self.tracking_uri}"
+        if self.db is not None and not self.db.exists():
+            raise ModelmakeError(f"{where}: the database is missing, but {len(mine)} receipt(s) in "
+                                 f"artifacts/register/ name versions of '{name}' in it (e.g. version "
+                                 f"{mine[0]['version']}); restore it, or remove those receipts, before registering")
+        client = self._client()
+        for r in mine:
+            try:
+                mv = client.get_model_version(name, r["version"])
+            except Exception:  # noqa: BLE001 - absent in any form the store answers
+                mv = None
+            if mv is None or (mv.tags or {}).get(DIGEST_TAG) != r.get("content_sha256"):
+                raise ModelmakeError(f"{where}: lost version {r['version']} of '{name}' that a receipt names "
+                                     f"(or it now holds other content); restore the registry, or remove that "
+                                     f"receipt, before registering")
 
     def _create_db(self) -> None:
         """A new SQLite registry is created aside and renamed into place with every table: a kill -9
@@ -161,7 +188,8 @@ class MlflowRegistry:
         client.set_terminated(run.info.run_id)
         mv = client.create_model_version(name, source=f"{run.info.artifact_uri}/asset", run_id=run.info.run_id,
                                          tags=tags | {DIGEST_TAG: digest}, description=description)
-        client.set_registered_model_alias(name, "current", mv.version)
+        if self.alias:  # a release moves its alias; a trial or a sweep point does not
+            client.set_registered_model_alias(name, self.alias, mv.version)
         return self._receipt(name, mv, created=True)
 
     def _receipt(self, name, mv, created: bool) -> dict:
@@ -243,6 +271,24 @@ class AzureMLRegistry:
 
 
 # --- the stage ------------------------------------------------------------------------------
+def describe(cfg) -> str:
+    """The registered model's description, from what it is: model, data, LoRA and the export."""
+    data = Path(cfg.data.path).name
+    return (f"{cfg.model.name} with a LoRA adapter (r={cfg.lora.r}) fine-tuned on {data}: "
+            f"{cfg.export.precision} onnxruntime-genai graph ({cfg.export.execution_provider}) + .onnx_adapter")
+
+
+def receipts(register_dir: Path) -> list[dict]:
+    """The receipts of every registration built in this artifacts folder."""
+    out = []
+    for path in sorted(Path(register_dir).glob(f"*/{RECEIPT}")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def build(node, out: Path, cfg, azure_client=None) -> dict:
     from modelmake.stages.layout import ADAPTER_FILE
 
@@ -251,15 +297,15 @@ def build(node, out: Path, cfg, azure_client=None) -> dict:
     for artifact in (export_dir, adapter_dir, node.inputs["generate"].path):
         verify(artifact)  # the manifest must match the files it describes
     digest = stage_asset(export_dir, adapter_dir / ADAPTER_FILE, r.adapter_name, out / "asset")
-    generated = json.loads((node.inputs["generate"].path / "metrics.json").read_text())
-    tags = {str(k): str(v) for k, v in (r.tags or {}).items()} | lineage_tags(node) | {
-        "modelmake.tokens_per_s": f"{generated.get('tokens_per_s', 0):.0f}"}
+    tags = {str(k): str(v) for k, v in (r.tags or {}).items()} | lineage_tags(node)
+    description = r.description or describe(cfg)
     if r.backend == "local":
-        registry = MlflowRegistry(r.local.tracking_uri, r.local.artifact_root, r.local.experiment)
-        receipt = registry.register(r.name, r.version, r.description, tags, out / "asset", digest)
+        registry = MlflowRegistry(r.local.tracking_uri, r.local.artifact_root, r.local.experiment, r.alias,
+                                  receipts(node.path.parent))
+        receipt = registry.register(r.name, r.version, description, tags, out / "asset", digest)
     elif r.backend == "azureml":
         registry = AzureMLRegistry(r.azureml, client=azure_client)
-        receipt = registry.register(r.name, r.version, r.description, tags, out / "asset", digest,
+        receipt = registry.register(r.name, r.version, description, tags, out / "asset", digest,
                                     out / "model.yml")
     else:
         raise ModelmakeError(f"register.backend: must be 'local' or 'azureml', got {r.backend!r}")

@@ -18,11 +18,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from modelmake.core import journal  # noqa: E402
 from modelmake.core.errors import ModelmakeError  # noqa: E402
 
 PPL_COLUMNS = [("ppl_fp32", "fp32"), ("ppl_rtn_int4", "RTN int4"), ("ppl_awq_int4", "AWQ int4"),
                ("ppl_awq_lora", "AWQ+LoRA (torch)"), ("ppl_onnx_lora", "ONNX int4+LoRA")]
-MB = 1 / (1024 * 1024)
+MB = 1e-6  # decimal megabytes, as the column headers say
 
 
 def load_points(node) -> list[dict]:
@@ -41,6 +42,9 @@ def load_points(node) -> list[dict]:
             "curve": curve,
             "generation": json.loads((gen.path / "generation.json").read_text()),
             "keys": {s: n.key for s, n in ev.inputs.items()},
+            # decode speed is a measurement of this machine, not part of the artifacts: the journal's
+            "measured": (journal.latest("evaluate", ev.key) or {}).get("measured", {}),
+            "generation_measured": (journal.latest("generate", gen.key) or {}).get("measured", {}),
         })
     return points
 
@@ -88,16 +92,21 @@ def tables(points: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
                     [[p["label"], fmt(p["metrics"].get("labels")), fmt(p["metrics"].get("accuracy_majority"), 3),
                       fmt(p["metrics"].get("accuracy_before"), 3), fmt(p["metrics"].get("accuracy_after"), 3)]
                      for p in points]))
-    ms = lambda m, k: fmt(1000 * m[k], 3) if k in m else "–"  # noqa: E731
+    def ms(m, k):
+        return fmt(1000 * m[k], 3) if k in m else "–"
+
+    def speed_row(p):
+        me, m = p["measured"], p["metrics"]
+        return [p["label"], fmt(me.get("ort_int4_tokens_per_s"), 5), fmt(me.get("hf_fp32_tokens_per_s"), 4),
+                fmt(me.get("speedup_ort_vs_hf"), 3), ms(me, "ort_int4_ttft_s"), ms(me, "ort_int4_setup_s"),
+                ms(me, "hf_fp32_ttft_s"), *(fmt(m.get(k, 0) * MB, 3) for k in
+                                             ("fp32_model_bytes", "awq_model_bytes", "onnx_model_bytes",
+                                              "onnx_adapter_bytes"))]
+
     speed_cols = ["point", "ORT int4 tok/s", "HF fp32 tok/s", "speed-up", "ORT TTFT ms", "ORT Generator setup ms",
                   "HF TTFT ms", "fp32 MB", "AWQ MB", "ONNX MB", "adapter MB"]
-    out.append(("Speed (one thread, median) and size on disk", speed_cols, [[
-        p["label"], fmt(p["metrics"].get("ort_int4_tokens_per_s"), 5), fmt(p["metrics"].get("hf_fp32_tokens_per_s"), 4),
-        fmt(p["metrics"].get("speedup_ort_vs_hf"), 3),
-        ms(p["metrics"], "ort_int4_ttft_s"), ms(p["metrics"], "ort_int4_setup_s"), ms(p["metrics"], "hf_fp32_ttft_s"),
-        fmt(p["metrics"].get("fp32_model_bytes", 0) * MB, 3), fmt(p["metrics"]["awq_model_bytes"] * MB, 3),
-        fmt(p["metrics"]["onnx_model_bytes"] * MB, 3), fmt(p["metrics"]["onnx_adapter_bytes"] * MB, 3),
-    ] for p in points]))
+    out.append(("Speed (one thread, median, measured on this machine) and size on disk (MB = 10^6 bytes)",
+                speed_cols, [speed_row(p) for p in points]))
     return out
 
 
@@ -137,9 +146,10 @@ def plot_tradeoff(points, path: Path) -> None:
         size = (m["onnx_model_bytes"] + m["onnx_adapter_bytes"]) * MB
         axes[0].scatter(m["onnx_adapter_bytes"] * MB, m["ppl_onnx_lora"], s=60)
         axes[0].annotate(p["label"], (m["onnx_adapter_bytes"] * MB, m["ppl_onnx_lora"]), fontsize=7)
-        if "ort_int4_tokens_per_s" in m:
-            axes[1].scatter(m["ort_int4_tokens_per_s"], m["ppl_onnx_lora"], s=20 + 10 * size)
-            axes[1].annotate(p["label"], (m["ort_int4_tokens_per_s"], m["ppl_onnx_lora"]), fontsize=7)
+        speed = p["measured"].get("ort_int4_tokens_per_s")
+        if speed:
+            axes[1].scatter(speed, m["ppl_onnx_lora"], s=20 + 10 * size)
+            axes[1].annotate(p["label"], (speed, m["ppl_onnx_lora"]), fontsize=7)
     axes[0].set(xlabel="adapter size (MB)", ylabel="ONNX int4+LoRA perplexity", title="quality vs size")
     axes[1].set(xlabel="decode tokens/s (ORT int4, 1 thread)", ylabel="ONNX int4+LoRA perplexity",
                 title="quality vs speed (marker: model+adapter size)")
@@ -189,7 +199,8 @@ def markdown(title, points, best, metric, tbls, plots, shared) -> str:
     out += ["## Sample generation per adapter", ""]
     for p in points:
         g = p["generation"]
-        out += [f"**{p['label']}** ({g['new_tokens']} tokens, {g['tokens_per_s']:.0f} tokens/s)", "", "```",
+        rate = p["generation_measured"].get("tokens_per_s")
+        out += [f"**{p['label']}** ({g['new_tokens']} tokens" + (f", {rate:.0f} tokens/s)" if rate else ")"), "", "```",
                 g["prompt"] + g["completion"], "```", ""]
         if g.get("base_completion") is not None:
             out += ["The same prompt, base model (no adapter):", "", "```", g["base_completion"].strip(), "```", ""]
