@@ -22,8 +22,10 @@ from modelmake.core.paths import ROOT
 from modelmake.graph.snakemake import run_snakemake, snakemake_command
 from modelmake.recipe import RECIPE, build_plan, compose, stage_node
 
-DRY = {"-n", "--dry-run", "--dryrun", "--summary", "--detailed-summary", "-S", "-D", "--list-rules", "--dag",
-       "--rulegraph", "--lint"}
+# Snakemake arguments after which its own output is the point (a dry run, a listing) or the plan's
+# count of what is to build no longer holds (forced reruns): the build's view steps aside
+VERBATIM = {"-n", "--dry-run", "--dryrun", "--summary", "--detailed-summary", "-S", "-D", "--list-rules", "--dag",
+            "--rulegraph", "--lint", "-F", "--forceall", "-R", "--forcerun", "-f", "--force", "--touch", "-t"}
 
 
 def pending(plan) -> list[tuple[str, str, float | None]]:
@@ -51,7 +53,7 @@ def cmd_build(args) -> int:
             raise ModelmakeError(f"--profile {args.profile}: no {profile.relative_to(ROOT)}/config.yaml "
                                  f"(known: {known})")
         extra = ["--workflow-profile", str(profile)] + extra
-    view = None if args.verbose or DRY & set(extra) else QuietView(ROOT, pending(plan))
+    view = None if args.verbose or VERBATIM & set(extra) else QuietView(ROOT, pending(plan))
     return run_snakemake(snakemake_command(args.overrides, extra), view=view)
 
 
@@ -164,7 +166,7 @@ def cmd_stage(args) -> int:
         node, cfg = stage_node(args.name, args.overrides)
         run_node(node, cfg, stage_build(RECIPE.spec(args.name).module))
 
-    guarded(run)
+    guarded(run, args.name)
     return 0
 
 

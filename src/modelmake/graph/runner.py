@@ -8,12 +8,14 @@ writes into every artifact (the manifest, metrics.json) is versioned by RUNNER_F
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import importlib
 import logging
 import os
 import platform
+import re
 import socket
 import sys
 import time
@@ -119,16 +121,43 @@ def peak_rss_bytes() -> int:
 
 def run_stage(module: str, node: Node, cfg) -> None:
     """What a stage process runs: one clear line and exit 2 on a refusal."""
-    guarded(lambda: run_node(node, cfg, stage_build(module)))
+    guarded(lambda: run_node(node, cfg, stage_build(module)), node.stage)
 
 
-def guarded(fn) -> None:
+_ALLOC = re.compile(r"can't allocate memory: you tried to allocate (\d+) bytes")
+
+
+def memory_total() -> int | None:
+    """This machine's memory in bytes (or the cgroup limit this process runs under, if lower)."""
+    total = None
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                total = int(line.split()[1]) * 1024
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            total = min(total or int(limit), int(limit))
+    return total
+
+
+def guarded(fn, stage: str | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     die_with_parent()
     try:
         fn()
     except ModelmakeError as e:
         print(f"modelmake: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except (MemoryError, RuntimeError) as e:
+        m = _ALLOC.search(str(e))
+        if not isinstance(e, MemoryError) and not m:
+            raise
+        tried = f"it tried to allocate {int(m.group(1)) / 1e9:.1f} GB; " if m else ""
+        total = memory_total()
+        has = f"this machine (or its limit) has {total / 1e9:.1f} GB" if total else "memory ran out"
+        print(f"modelmake: error: {stage or 'the stage'}: out of memory: {tried}{has} "
+              "(resources: conf/resources/, or a machine with more memory)", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
         if e.errno not in WRITE_ERRORS:

@@ -84,7 +84,7 @@ _RULE = re.compile(r"^(?:local)?rule (\w+):$")
 _KEY = re.compile(r"^\s+wildcards: key=([0-9a-f]{12})")
 _JOBID = re.compile(r"^\s+jobid: (\d+)$")
 _FINISHED = re.compile(r"^Finished jobid: (\d+) \(Rule: (\w+)\)")
-_PASS = re.compile(r"^(report: |modelmake: )")
+_PASS = re.compile(r"^(report: |modelmake: (?!error: ))")  # a stage's own error comes last, once
 _SNAKEMAKE_END = re.compile(r"^(Complete log\(s\)|Elapsed time|\d+ of \d+ steps)")
 
 

@@ -188,7 +188,10 @@ def describe(m) -> dict:
              "parameters": _parameters(config.get("hidden_size"), config.get("intermediate_size"),
                                        config.get("num_hidden_layers"), config.get("vocab_size"))}
     if folder is not None:
-        facts |= _tokenizer_facts(folder, config) | {"parameters": _safetensors_parameters(folder)}
+        # what loading allocates: the config's sizes (a model is built from its config first) or
+        # the weights', whichever is larger
+        weights = _safetensors_parameters(folder)
+        facts |= _tokenizer_facts(folder, config) | {"parameters": max(weights, facts["parameters"] or 0)}
     return facts
 
 

@@ -76,6 +76,7 @@ def check(cfg: DictConfig) -> None:
     check_targets(cfg, family_of(model["architecture"]) if model else None)
     check_template(cfg, model)
     check_records(cfg, model)
+    check_memory(cfg, model)
     for f in ("hidden_size", "intermediate_size"):
         if model.get(f):
             need(model[f] % cfg.quantize.group_size == 0, "quantize.group_size",
@@ -127,6 +128,23 @@ def check_records(cfg: DictConfig, model: dict) -> None:
     forbidden = [] if d.allow_special_tokens else forbidden
     fact(file_sha256(path), f"records-ok:{json.dumps([fields, forbidden])}",
          lambda: len(read_records(path, fields, forbidden)))
+
+
+def check_memory(cfg: DictConfig, model: dict) -> None:
+    """A model whose weights alone (fp32, as the CPU stages hold them) exceed both this machine's
+    memory and the most any stage asks a scheduler for is refused before work, with both numbers."""
+    from modelmake.graph.runner import memory_total
+
+    params = model.get("parameters")
+    if not params:
+        return
+    weights = 4 * params
+    asked = max(int(r.mem_mb) for r in cfg.resources.stages.values()) * 1_000_000
+    here = memory_total() or 0
+    need(weights <= max(here, asked), "model.source",
+         f"'{cfg.model.name}' has about {params / 1e9:.2f} B parameters, {weights / 1e9:.1f} GB in fp32: more "
+         f"than this machine's {here / 1e9:.1f} GB of memory and the {asked / 1e9:.1f} GB the largest stage "
+         "asks for in conf/resources")
 
 
 def family_of(architecture: str):

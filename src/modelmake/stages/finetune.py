@@ -34,7 +34,8 @@ def stop_ids(tok, config) -> set[int]:
     return {i for i in ids if i is not None}
 
 
-def encode(tok, items: list[dict], max_len: int, stops: set[int] = frozenset()) -> list[tuple[list[int], list[int]]]:
+def encode(tok, items: list[dict], max_len: int, stops: set[int] = frozenset(),
+           source: str = "dataset") -> list[tuple[list[int], list[int]]]:
     """(input_ids, labels) per item; labels mask the prompt and keep the response. A response that
     holds none of the `stops` (a text template with no end marker, e.g. `### The tone is:\n{tone}`)
     gets the first stop token appended, so the model learns to end its answer there."""
@@ -48,7 +49,7 @@ def encode(tok, items: list[dict], max_len: int, stops: set[int] = frozenset()) 
         labels = [IGNORE] * min(n_prompt, len(ids)) + ids[n_prompt:]
         if all(x == IGNORE for x in labels):
             raise ModelmakeError(
-                f"dataset line {it['line']}: no response tokens left within train.max_seq_len={max_len}"
+                f"{source}:{it['line']}: no response tokens left within train.max_seq_len={max_len}"
             )
         out.append((ids, labels))
     return out
@@ -171,8 +172,8 @@ def build(node, out: Path, cfg) -> dict:
     model = lora_model(base, cfg.lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     t = cfg.train
-    train_ex = encode(tok, read_split(ddir, "train"), t.max_seq_len, stops)
-    eval_ex = encode(tok, read_split(ddir, "eval"), t.max_seq_len, stops)
+    train_ex = encode(tok, read_split(ddir, "train"), t.max_seq_len, stops, cfg.data.path)
+    eval_ex = encode(tok, read_split(ddir, "eval"), t.max_seq_len, stops, cfg.data.path)
     metrics = train(model, train_ex, eval_ex, t, pad_id, out / "train_log.csv")
     model.save_pretrained(out / "adapter", safe_serialization=True)
     sort_target_modules(out / "adapter" / "adapter_config.json")
