@@ -7,13 +7,14 @@ project (these fixtures) is marked `slow` here; `pytest -m "not slow"` (make tes
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
-from helpers.project import SECRETS, build, copy_project, nodes
+from helpers.project import SECRETS, build, copy_project, git, nodes, run
 
-BUILDING = {"project", "second", "folders", "built", "smol", "slurm"}  # fixtures that build or start daemons
+BUILDING = {"project", "second", "release", "folders", "built", "slurm"}  # fixtures that build or start daemons
 
 
 def pytest_collection_modifyitems(items):
@@ -27,6 +28,22 @@ def project(tmp_path_factory) -> Path:
     """The whole default chain, built cold with Snakemake in a fresh copy of the project."""
     dst = copy_project(tmp_path_factory.mktemp("built") / "modelmake")
     build(dst, env=SECRETS)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def release(tmp_path_factory) -> Path:
+    """`make run` as a user runs it on a fresh clone: SmolLM2 through the whole recipe, then DVC
+    adopts the release. The copy is a git repository of the project as committed here (dvc.lock
+    included), so `git status` afterwards shows what the build changed."""
+    dst = copy_project(tmp_path_factory.mktemp("release") / "modelmake", with_dvc=True)
+    git(dst, "init", "-q")
+    git(dst, "add", "-A")
+    git(dst, "commit", "-qm", "the project as committed")
+    venv = Path(sys.executable).parent.parent
+    r = run(dst, "make", "run", f"VENV={venv}", "INSTALL=", timeout=3600)
+    assert r.returncode == 0, f"make run failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    (dst / "make-run.out").write_text(r.stdout + r.stderr)
     return dst
 
 

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -33,7 +34,8 @@ from helpers.faults import (
     temporaries,
     wait_for,
 )
-from helpers.project import SECRETS, copy_project, nodes, run, snakemake_exe
+from helpers.project import SECRETS, copy_project, ending, nodes, run, snakemake_exe
+from modelmake.core.locks import make_writable
 
 pytestmark = pytest.mark.faults
 
@@ -200,7 +202,7 @@ def test_a_full_disk_is_a_clear_error_and_the_next_build_succeeds(project, tmp_p
     # 1 MiB file size limit: the quantized checkpoint (~2.7 MB) cannot be written
     r = run(p, "bash", "-c", "ulimit -f 1024 && exec modelmake build -- --cores 2")
     assert r.returncode != 0
-    last = r.stderr.strip().splitlines()[-2:]
+    last = ending(r.stderr)
     assert last[0].startswith("modelmake: quantize failed: ") and "File too large" in last[0], last
     assert last[1].strip().startswith("log: logs/quantize/")
     assert not leftovers(p)
@@ -234,7 +236,7 @@ def test_a_read_only_artifacts_folder_is_a_clear_error_and_the_next_build_succee
     with read_only(p / "artifacts"):
         r = modelmake(p, "build", "--", "--cores", "2")
     assert r.returncode != 0
-    last = r.stderr.strip().splitlines()[-2:]
+    last = ending(r.stderr)
     assert last[0].startswith("modelmake: adapter failed: cannot write"), last
     assert "Read-only file system" in last[0] or "Permission denied" in last[0], last
     assert not nodes(p)["adapter"].manifest.exists()
@@ -246,17 +248,27 @@ def test_a_read_only_artifacts_folder_is_a_clear_error_and_the_next_build_succee
 
 # --- 5: the error last -------------------------------------------------------------------------
 def test_a_failed_build_ends_with_the_stages_reason_and_log(project, tmp_path):
+    """A stage's refusal ends the output: its reason and its log, no Snakemake error block or
+    traceback (those are in the build's log, which the last line names)."""
+    ov = "train.max_seq_len=2"  # no response token fits: the finetune stage refuses
+    r = modelmake(project, "build", ov, "--", "--cores", "1")
+    assert r.returncode != 0
+    key = nodes(project, ov)["finetune"].key
+    reason, log = ending(r.stderr)
+    assert re.fullmatch(r"modelmake: finetune failed: data/travel_sample.jsonl:\d+: no response tokens left "
+                        r"within train.max_seq_len=2", reason), reason
+    assert log == f"  log: logs/finetune/{key}.log"
+    assert "Traceback" not in r.stderr and "RuleException" not in r.stderr and "Error in rule" not in r.stderr
+
+
+def test_a_bad_data_file_is_refused_before_snakemake_starts_with_its_lines_only(project, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
     r = modelmake(project, "build", f"data.path={bad}", "--", "--cores", "1")
-    assert r.returncode != 0
-    tail = r.stderr.strip().splitlines()
-    reason = [i for i, line in enumerate(tail) if line.startswith("modelmake: dataset failed: ")]
-    assert reason, tail[-10:]
-    assert tail[reason[-1]:] == [f"modelmake: dataset failed: 1 bad record(s) in {bad}:",
-                                 f"{bad}:2: field 'response' is missing (the template needs ['prompt', 'response'])",
-                                 f"  log: logs/dataset/{nodes(project, f'data.path={bad}')['dataset'].key}.log"]
-    assert "WorkflowError" not in "\n".join(tail[reason[-1]:])
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"modelmake: error: 1 bad record(s) in {bad}:",
+        f"{bad}:2: field 'response' is missing (the template needs ['prompt', 'response'])"]
 
 
 # --- 6: search and explicit targets ------------------------------------------------------------
@@ -317,7 +329,7 @@ def test_tampering_is_caught_along_the_lineage_and_registered_versions_are_copie
     r = modelmake(p, "build", "--", "--cores", "1")  # the adapter must not be built on the tampered graph
     assert r.returncode != 0
     assert "modelmake: adapter failed: adapter: refusing input 'export'" in r.stderr
-    assert "model/model.onnx: content changed" in r.stderr.strip().splitlines()[-2]
+    assert "model/model.onnx: content changed" in ending(r.stderr)[0]
     assert not point["adapter"].manifest.exists()
 
 
@@ -440,4 +452,88 @@ def test_two_processes_building_one_artifact_build_it_once(project, tmp_path):
     assert [j["stage"] for j in journal(p)] == ["dataset"]
     logs = [(tmp_path / f"{i}.log").read_text() for i in range(2)]
     assert sum("dataset: up to date" in log for log in logs) == 1
+    assert not leftovers(p)
+
+
+# --- integrity: artifacts know their place, readers check, weights match keys --------------------
+def test_a_dataset_swapped_for_another_is_refused_by_the_stage_and_by_verify(project, tmp_path):
+    p = fresh(project, tmp_path, "finetune")
+    other_data = tmp_path / "other.jsonl"
+    other_data.write_text("".join(json.dumps({"prompt": f"Where is {c}?", "response": f"{c} is far."}) + "\n"
+                                  for c in ("Oslo", "Lima", "Quito", "Hanoi", "Accra", "Perth", "Cusco", "Turku",
+                                            "Split", "Nice", "Bern", "Graz")))
+    r = modelmake(p, "stage", "dataset", f"data.path={other_data}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    mine, theirs = nodes(p)["dataset"], nodes(p, f"data.path={other_data}")["dataset"]
+    make_writable(mine.path)
+    shutil.rmtree(mine.path)
+    shutil.copytree(theirs.path, mine.path)  # another artifact, its own manifest included
+    r = modelmake(p, "stage", "finetune")
+    assert r.returncode == 2 and "refusing input 'dataset'" in r.stderr
+    assert theirs.key in r.stderr and mine.key in r.stderr and "substituted" in r.stderr
+    r = modelmake(p, "explain", str(nodes(p)["register"].path.relative_to(p)), "--verify")
+    assert r.returncode == 2 and theirs.key in r.stderr and "substituted" in r.stderr
+
+
+def test_generate_refuses_an_edited_export(project, tmp_path):
+    p = fresh(project, tmp_path)
+    config = nodes(p)["export"].path / "model" / "genai_config.json"
+    config.chmod(0o644)
+    cfg = json.loads(config.read_text())
+    cfg["search"]["repetition_penalty"] = 5
+    config.write_text(json.dumps(cfg))
+    r = modelmake(p, "generate", "--prompt", "What food should I try in Vienna?", "--max-new-tokens", "4")
+    assert r.returncode == 2 and "model/genai_config.json: content changed" in r.stderr
+
+
+def test_a_folder_model_is_copied_so_weights_always_match_their_key(project, tmp_path):
+    """Two folders with one content: one base artifact, holding that content; a byte changed in the
+    first folder afterwards moves its key and never reaches the second folder's builds."""
+    from helpers.folders import hf_folder
+
+    a = hf_folder(tmp_path / "a")
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    ov = ("model=phi35_mini", "model.revision=null")
+    p = copy_project(tmp_path / "p")
+    r = modelmake(p, "stage", "base", *ov, f"model.source={a}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    base_a, base_b = nodes(p, *ov, f"model.source={a}")["base"], nodes(p, *ov, f"model.source={b}")["base"]
+    assert base_a.key == base_b.key
+    weights = base_a.path / "model" / "model.safetensors"
+    assert weights.read_bytes() == (b / "model.safetensors").read_bytes() and weights.stat().st_ino != \
+        (a / "model.safetensors").stat().st_ino
+    data = bytearray((a / "model.safetensors").read_bytes())
+    data[-1] ^= 1
+    (a / "model.safetensors").write_bytes(bytes(data))
+    assert nodes(p, *ov, f"model.source={a}")["base"].key != base_b.key
+    assert weights.read_bytes() == (b / "model.safetensors").read_bytes()  # b's key still names b's content
+
+
+def test_a_registry_that_lost_its_database_is_refused_naming_it(project, tmp_path):
+    p = fresh(project, tmp_path, "register")
+    r = modelmake(p, "stage", "register")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (p / "registry" / "mlflow.db").unlink()
+    r = modelmake(p, "stage", "register", "register.name=ft-for-travel", env={"MODELMAKE_FORCE": "1"})
+    assert r.returncode == 2
+    assert "registry registry/mlflow.db: the database is missing, but" in r.stderr and "receipt" in r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a small tmpfs for the export needs root")
+def test_a_full_disk_in_export_names_its_cause_and_a_log_that_exists(project, tmp_path):
+    p = fresh(project, tmp_path, "export")
+    folder = p / "artifacts" / "export"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], check=True)
+    try:
+        r = modelmake(p, "build", "--", "--cores", "2")
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+    reason, log = ending(r.stderr)
+    assert reason.startswith("modelmake: export failed: onnxruntime-genai builder failed") and \
+        "No space left on device" in reason, reason
+    builder_log = reason.rsplit("its log: ", 1)[1]
+    assert (p / builder_log).is_file() and "No space left on device" in (p / builder_log).read_text()
+    r = modelmake(p, "build", "--", "--cores", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
     assert not leftovers(p)

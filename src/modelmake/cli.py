@@ -102,22 +102,30 @@ def cmd_status(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    from modelmake.core.manifest import verify
     from modelmake.data.templates import prompt_text
     from modelmake.stages.generate import stream
-    from modelmake.stages.layout import ADAPTER_FILE, TEMPLATE_FILE, load_template
+    from modelmake.stages.layout import ADAPTER_FILE, load_template
 
     plan = build_plan(overrides=args.overrides)
     cfg, point = compose(plan.points[0]), plan.finals[0]
-    model = Path(args.model) if args.model else ROOT / point["export"].path / "model"
+
+    def checked(stage):
+        """This config's artifact, checked against its manifest and its place before it is read."""
+        node = point[stage]
+        if not (ROOT / node.manifest).exists():
+            raise ModelmakeError(f"{node.path}: not built; build the chain first (modelmake build "
+                                 f"{' '.join(args.overrides)}), or pass --model/--adapter/--raw")
+        verify(ROOT / node.path, stage, node.key)
+        return ROOT / node.path
+
+    model = Path(args.model) if args.model else checked("export") / "model"
     adapter = None
     if not args.no_adapter:
-        adapter = Path(args.adapter) if args.adapter else ROOT / point["adapter"].path / ADAPTER_FILE
+        adapter = Path(args.adapter) if args.adapter else checked("adapter") / ADAPTER_FILE
     text = args.prompt
     if not args.raw:  # the prompt as the adapter saw it in training: the dataset's own rendering
-        dataset = ROOT / point["dataset"].path
-        if not (dataset / TEMPLATE_FILE).exists():
-            raise ModelmakeError(f"{dataset}: not built; build the chain first (modelmake build), or pass --raw")
-        text = prompt_text(*load_template(dataset), args.prompt)
+        text = prompt_text(*load_template(checked("dataset")), args.prompt)
     result = stream(model, text, adapter, args.max_new_tokens or cfg.generate.max_new_tokens)
     print(f"[{result['new_tokens']} tokens, {result['tokens_per_s']:.0f} tokens/s, "
           f"first token {1000 * result['time_to_first_token_s']:.1f} ms]", file=sys.stderr)

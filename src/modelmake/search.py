@@ -15,7 +15,6 @@ metrics tables of every point, the objective's history) is written next to it.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from omegaconf import OmegaConf
 
 from modelmake.core.atomic import write_json, write_text
 from modelmake.core.errors import ModelmakeError
+from modelmake.core.manifest import verify
 from modelmake.core.paths import CONF_DIR, ROOT
 from modelmake.graph.overrides import format_value
 from modelmake.graph.plan import KEY_LEN, digest
@@ -135,7 +135,7 @@ def build_point(overrides: list[str], snakemake_args: list[str]) -> tuple[dict, 
         rc = run_snakemake(snakemake_command(overrides, [*snakemake_args, str(ev.manifest)]), cwd=ROOT)
         if rc != 0:
             raise ModelmakeError(f"building {' '.join(overrides) or 'defaults'} failed (snakemake exit {rc})")
-    metrics = json.loads((ROOT / ev.path / "metrics.json").read_text())
+    metrics = verify(ROOT / ev.path, "evaluate", ev.key)["metrics"]  # the artifact checked, then read
     return metrics | {"_evaluate_key": ev.key}, missing
 
 
@@ -209,9 +209,9 @@ def write_summary(spec: SearchSpec, study, folder: Path) -> None:
             continue
         seen.add(t.user_attrs["evaluate_key"])
         ev = build_plan(overrides=t.user_attrs["overrides"]).finals[0]["evaluate"]
-        metrics_file = ROOT / ev.path / "metrics.json"
-        if ev.key == t.user_attrs["evaluate_key"] and metrics_file.exists():
-            points.append({"label": label(t.params), "metrics": json.loads(metrics_file.read_text())})
+        if ev.key == t.user_attrs["evaluate_key"] and (ROOT / ev.manifest).exists():
+            metrics = verify(ROOT / ev.path, "evaluate", ev.key)["metrics"]
+            points.append({"label": label(t.params), "metrics": metrics, "measured": {}})
     lines = [f"# Search `{spec.name}`: {spec.direction} `{spec.metric}`", "",
              f"Study `{study.study_name}` ({spec.sampler} sampler, seed {spec.seed}): {len(trials)} trial(s), "
              f"{len(seen)} distinct point(s). Best: trial {best.number}, **{label(best.params)}** = {best.value:.6g}.",

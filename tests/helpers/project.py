@@ -16,9 +16,12 @@ IGNORE = shutil.ignore_patterns(".git", ".venv", "artifacts", "logs", ".snakemak
                                 "*.egg-info", ".pytest_cache", "bench", "outputs", ".dvc", "searches")
 
 
-def copy_project(dst: Path, built: Path | None = None) -> Path:
-    """A copy of the project's sources; with `built`, that copy's artifacts come along."""
+def copy_project(dst: Path, built: Path | None = None, with_dvc: bool = False) -> Path:
+    """A copy of the project's sources; with `built`, that copy's artifacts come along; `with_dvc`:
+    the DVC repository's config (.dvc/, not its cache)."""
     shutil.copytree(REPO, dst, ignore=IGNORE)
+    if with_dvc:
+        shutil.copytree(REPO / ".dvc", dst / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp", "*.lock"))
     if built is not None:
         shutil.copytree(built / "artifacts", dst / "artifacts")
     return dst
@@ -29,6 +32,12 @@ def run(project: Path, *args: str, timeout: int = 900, env: dict | None = None) 
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # `python` = this venv's
     env = os.environ | {"PYTHONPATH": str(project / "src"), "PATH": path} | (env or {})
     return subprocess.run(list(args), cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def git(cwd: Path, *args: str) -> str:
+    r = run(cwd, "git", "-c", "user.name=t", "-c", "user.email=t@t", *args)
+    assert r.returncode == 0, f"git {' '.join(args)}:\n{r.stderr[-2000:]}"
+    return r.stdout
 
 
 def snakemake(project: Path, *args: str) -> subprocess.CompletedProcess:
@@ -71,3 +80,13 @@ def nodes(project: Path, *overrides: str) -> dict:
 # wrote holds them.
 SECRETS = {"AZURE_CLIENT_SECRET": "fake-secret-9f8e7d6c5b4a", "HF_TOKEN": "hf_fakeTokenAbCdEf0123456789",
            "AZURE_CLIENT_ID": "00000000-fake-client-id-1234"}
+
+
+def ending(stderr: str) -> list[str]:
+    """The last lines of a failed `modelmake build`: from its first `modelmake: <stage> failed:` line
+    on, the pointer to Snakemake's whole output (which always ends them) checked and dropped."""
+    lines = stderr.strip().splitlines()
+    assert lines and lines[-1].strip().startswith("Snakemake's whole output: logs/build/"), lines[-5:]
+    start = next((i for i, line in enumerate(lines) if " failed: " in line and line.startswith("modelmake: ")),
+                 len(lines) - 1)
+    return lines[start:-1]
