@@ -15,9 +15,10 @@ rule all:
     input:
         PLAN.targets(),
         *(PLAN.targets(name) for name in PLAN.over_points),
-        # every artifact of the plan, so a hole (an upstream manifest deleted) is filled even when
-        # the final targets exist (their inputs are ancient(): Snakemake would not look back)
-        sorted(str(n.manifest) for n in PLAN.nodes.values()),
+        # every artifact of the plan that is neither built nor in the shared cache, so a hole (an
+        # upstream manifest deleted) is filled even when the final targets exist (their inputs are
+        # ancient(): Snakemake would not look back), and nothing is pulled that no target reads
+        sorted(str(n.manifest) for n in PLAN.nodes.values() if not present(n)),
 
 
 onstart:

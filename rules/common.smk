@@ -7,6 +7,9 @@ from pathlib import Path
 from modelmake.core.errors import ModelmakeError
 from modelmake.core.lifecycle import PARENT_ENV
 from modelmake.core.locks import recover
+from modelmake.graph.cache import CacheError
+from modelmake.graph.cache import setting as cache_setting
+from modelmake.graph.cache import store as cache_store
 from modelmake.recipe import RECIPE, build_plan, compose, stage_command
 
 try:
@@ -16,6 +19,24 @@ except ModelmakeError as e:
 
 ART = compose(PLAN.points[0]).artifacts
 RES = compose(PLAN.points[0]).resources  # conf/resources/: not keyed, so never a rebuild
+
+# The shared cache (conf/cache/, $MODELMAKE_CACHE): not keyed, so it reaches the stage processes by
+# the environment. Asked once per build, a listing: an artifact it holds counts as present (no
+# input below it is wanted); its job is a verified pull.
+CACHE = cache_setting(compose(PLAN.points[0]))
+CACHED = set()
+if CACHE is not None:
+    os.environ.update(CACHE.env())
+    if CACHE.pull:
+        try:
+            _listed = cache_store(CACHE.url).entries()
+        except CacheError as e:
+            if CACHE.required:
+                raise WorkflowError(f"modelmake: cache {CACHE.url}: {e} (cache.required=true)") from None
+            print(f"modelmake: warning: cache {CACHE.url}: {e}; building here", file=sys.stderr)
+            _listed = set()
+        CACHED = {(n.stage, n.key) for n in PLAN.nodes.values()
+                  if RECIPE.spec(n.stage).shared and f"{n.stage}/{n.digest}" in _listed}
 
 # Resume after any crash with no flags: if no other run holds the project lock, what dead runs left
 # (Snakemake's locks and incomplete markers, temporary folders) goes; this run then holds the lock
@@ -29,14 +50,19 @@ def node(stage, wildcards):
     return PLAN.node(stage, wildcards.key)
 
 
+def present(n):
+    """Built here, or held by the shared cache (its job pulls it)."""
+    return n.manifest.exists() or (n.stage, n.key) in CACHED
+
+
 def upstream(stage):
     """Input function: the manifests of a stage's inputs. ancient(): the key already covers
-    them, so a restored or touched file (dvc pull, a copy) never triggers a rebuild. A built
+    them, so a restored or touched file (dvc pull, a copy) never triggers a rebuild. A present
     artifact needs none: a hole below it (an input's manifest deleted) is rebuilt alone (rule
-    all asks for every artifact) instead of rebuilding everything above it."""
+    all asks for every artifact that is not present) instead of rebuilding everything above it."""
     def inputs(wildcards):
         n = node(stage, wildcards)
-        if n.manifest.exists():
+        if present(n):
             return {}
         return {name: ancient(str(i.manifest)) for name, i in n.inputs.items()}
     return inputs

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from helpers.project import SHARED_DATA, build, nodes
+from modelmake.models.scoring import OrtStepper, parity, perplexity, torch_logits
 from modelmake.recipe import build_plan
-from modelmake.stages.evaluate import OrtStepper, parity, perplexity, torch_logits
 from modelmake.stages.layout import ADAPTER_FILE
 
 

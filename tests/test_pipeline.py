@@ -55,7 +55,7 @@ def test_sweep_shares_one_quantize_and_one_export(project):
 
 def test_quantize_change_keeps_base_and_dataset(project):
     jobs = planned_jobs(project, "quantize.apply_clip=false")
-    assert jobs == once("quantize", "finetune", "export", "adapter", "generate", *TAIL)
+    assert jobs == once("quantize", "quality", "finetune", "export", "adapter", "generate", *TAIL)
 
 
 def test_changed_data_file_reruns_what_reads_it(project, tmp_path):
@@ -65,10 +65,10 @@ def test_changed_data_file_reruns_what_reads_it(project, tmp_path):
     with data.open("a") as f:
         f.write(json.dumps({"prompt": "Is Oslo expensive?", "response": "Yes, plan a budget."}) + "\n")
     jobs = planned_jobs(project, f"data.path={data}")
-    assert jobs == once("dataset", "quantize", "finetune", "export", "adapter", "generate", *TAIL)
+    assert jobs == once("dataset", "quantize", "quality", "finetune", "export", "adapter", "generate", *TAIL)
 
 
-EVERYTHING_BUT_BASE = once("dataset", "quantize", "finetune", "export", "adapter", "generate", *TAIL)
+EVERYTHING_BUT_BASE = once("dataset", "quantize", "quality", "finetune", "export", "adapter", "generate", *TAIL)
 
 
 # what a code key covers (docs/keys.md): the stage's module and the computation it imports, not
@@ -80,8 +80,9 @@ EVERYTHING_BUT_BASE = once("dataset", "quantize", "finetune", "export", "adapter
     ("models/onnx_lora.py", once("export", "adapter", "generate", *TAIL)),
     ("stages/generate.py", once("generate", "register", "report")),
     ("stages/report.py", once("report")),
-    ("models/awq_fixes.py", once("finetune", "export", "adapter", "generate", *TAIL)),  # loading: no re-quantize
-    ("models/awq_quantizer.py", once("quantize", "finetune", "export", "adapter", "generate", *TAIL)),
+    ("models/awq_fixes.py", once("quality", "finetune", "export", "adapter", "generate", *TAIL)),  # no re-quantize
+    ("models/awq_quantizer.py", once("quantize", "quality", "finetune", "export", "adapter", "generate", *TAIL)),
+    ("models/scoring.py", once("quality", *TAIL)),
     ("core/locks.py", {}),  # the machinery: a fix there re-keys nothing
     ("graph/runner.py", {}),
     ("graph/plan.py", {}),

@@ -172,7 +172,8 @@ def cmd_stage(args) -> int:
 
     def run():
         node, cfg = stage_node(args.name, args.overrides)
-        run_node(node, cfg, stage_build(RECIPE.spec(args.name).module))
+        spec = RECIPE.spec(args.name)
+        run_node(node, cfg, stage_build(spec.module), shared=spec.shared)
 
     guarded(run, args.name)
     return 0

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from modelmake.core.errors import ModelmakeError
 from modelmake.core.paths import CONF_DIR, ROOT
+from modelmake.graph.cache import setting as cache_setting
 from modelmake.graph.nodes import Recipe
 from modelmake.graph.overrides import unescape
 
@@ -35,6 +36,7 @@ def compose(overrides: tuple[str, ...], recipe: Recipe) -> DictConfig:
     except (HydraException, OmegaConfBaseException) as e:
         raise ModelmakeError(f"config overrides {list(overrides)}: {_explain(e, overrides)}") from None
     check_artifacts(cfg.artifacts)
+    cache_setting(cfg)  # a malformed cache URL is refused here, naming its field
     for name in recipe.free_text:
         v = OmegaConf.select(cfg, name)
         if isinstance(v, str):

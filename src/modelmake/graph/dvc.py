@@ -74,7 +74,7 @@ def generate(recipe: Recipe) -> dict:
             raise ModelmakeError(f"{RELEASES}: release '{name}': {e}") from None
         for point in plan.finals + [plan.over_points]:
             for node in point.values():
-                if not recipe.spec(node.stage).versioned:
+                if not recipe.spec(node.stage).shared:
                     continue
                 stages.setdefault(f"{node.stage}-{node.key}", stage_entry(node, recipe))
                 if node.stage in METRIC_STAGES:

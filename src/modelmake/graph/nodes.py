@@ -24,9 +24,10 @@ class StageSpec:
     when: Callable[[DictConfig], bool] | None = None            # in the graph only when this holds
     over_points: bool = False                 # one node over every point of a run or sweep (report)
     outputs: tuple[str, ...] = ()             # files beside the manifest Snakemake should name
-    # DVC versions the artifact (dvc.yaml): not a side effect's record (a registration) nor a view
-    # of one machine's measurements (the report's decode speeds), which a rebuild cannot reproduce
-    versioned: bool = True
+    # a rebuild reproduces the artifact, so DVC versions it (dvc.yaml) and the shared cache holds it:
+    # not a side effect's record (a registration) nor a view of one machine's measurements (the
+    # report's decode speeds)
+    shared: bool = True
 
     @property
     def module(self) -> str:

@@ -30,6 +30,7 @@ from modelmake.core.errors import ModelmakeError
 from modelmake.core.lifecycle import die_with_parent
 from modelmake.core.locks import exclusive
 from modelmake.core.manifest import MANIFEST, file_hashes, verify
+from modelmake.graph.cache import setting as cache_setting
 from modelmake.graph.nodes import Node
 
 # Bump by hand when what the runner writes into an artifact changes (manifest fields, metrics
@@ -50,8 +51,10 @@ def stage_build(module: str) -> Build:
     return importlib.import_module(module).build
 
 
-def run_node(node: Node, cfg, build: Build) -> Node:
-    """Build `node` (checking its inputs, atomically, manifest last) unless it exists."""
+def run_node(node: Node, cfg, build: Build, shared: bool = False) -> Node:
+    """Build `node` (checking its inputs, atomically, manifest last) unless it exists. A `shared`
+    artifact (one a rebuild reproduces: recipe.table) is first asked of the shared cache, verified
+    and pulled if it is there, and published to it after a build here."""
     stage = node.stage
     expected = os.environ.get("MODELMAKE_EXPECT")  # set by the Snakefile: both sides must agree
     if expected and Path(expected) != node.path:
@@ -65,9 +68,65 @@ def run_node(node: Node, cfg, build: Build) -> Node:
         if node.manifest.exists() and not os.environ.get("MODELMAKE_FORCE"):
             log.info("%s: up to date at %s", stage, node.path)
             return node
+        cache = cache_setting(cfg) if shared else None
+        if cache is not None and cache.pull and not os.environ.get("MODELMAKE_FORCE") and _pulled(node, cache):
+            return node
         _check_inputs(node)
         _build(node, cfg, build)
+        if cache is not None and cache.push:
+            _publish(node, cache)
     return node
+
+
+def _cache_trouble(cache, what: str, why: str) -> None:
+    """One line for a cache that could not answer; a stop only where the cache is required."""
+    line = f"cache {cache.url}: {what}: {why}"
+    if cache.required:
+        raise ModelmakeError(f"{line} (cache.required=true)")
+    print(f"modelmake: warning: {line}; building here", file=sys.stderr, flush=True)
+
+
+def _pulled(node: Node, cache) -> bool:
+    """Pull `node` from the cache into place, verified; False where it is not there or is refused."""
+    from modelmake.graph.cache import CacheError, Refused, pull, store
+
+    st, started = store(cache.url), _now()
+    try:
+        with atomic_dir(node.path) as tmp:  # anything but a verified entry: the folder goes
+            figures = pull(node, st, tmp)
+            if figures is None:
+                raise LookupError
+    except LookupError:
+        return False
+    except Refused as e:
+        print(f"modelmake: warning: cache {cache.url}: refusing {node.stage} {node.key}: {e}; building it here",
+              file=sys.stderr, flush=True)
+        return False
+    except CacheError as e:
+        _cache_trouble(cache, f"pulling {node.stage} {node.key}", str(e))
+        return False
+    log.info("%s: pulled %s from %s (%.1f MB in %.1f s), verified", node.stage, node.key, cache.url,
+             figures["bytes"] / 1e6, figures["seconds"])
+    journal.append({"action": "pull", "stage": node.stage, "key": node.key, "started": started,
+                    "pid": os.getpid(), "host": socket.gethostname(), "cache": cache.url, **figures})
+    return True
+
+
+def _publish(node: Node, cache) -> None:
+    """Publish a finished artifact; a failure is one line, and the build here still counts."""
+    from modelmake.core.manifest import read_manifest
+    from modelmake.graph.cache import CacheError, publish, store
+
+    try:
+        figures = publish(node, store(cache.url), node.path, read_manifest(node.path))
+    except CacheError as e:
+        _cache_trouble(cache, f"publishing {node.stage} {node.key}", str(e))
+        return
+    log.info("%s: %s %s in %s (%d file(s) uploaded)", node.stage,
+             "published" if figures["published"] else "already published by another build:", node.key, cache.url,
+             figures["files_uploaded"])
+    journal.append({"action": "publish", "stage": node.stage, "key": node.key, "started": _now(),
+                    "host": socket.gethostname(), "cache": cache.url, **figures})
 
 
 def _check_inputs(node: Node) -> None:

@@ -58,14 +58,17 @@ STAGES = (
               (), ("finetune", "export"), ("onnx", "onnxruntime", "onnxruntime-genai", "safetensors", "numpy")),
     StageSpec("generate", "a streamed generation with the adapter active, the base model's answer beside it",
               ("generate",), ("dataset", "export", "adapter"), ("onnxruntime-genai",)),
-    StageSpec("evaluate", "perplexities (fp32, RTN, AWQ, AWQ+LoRA, ONNX+LoRA), parity, accuracy, speed, sizes",
-              ("evaluate", "train"), ("base", "dataset", "quantize", "finetune", "export", "adapter"),
+    # what quantization cost, keyed without the fine-tune: once per quantized model, not per adapter
+    StageSpec("quality", "held-out perplexity and KL from fp32 of the fp32 base, RTN int4 and AWQ int4",
+              ("evaluate",), ("base", "dataset", "quantize"), (*TORCH, "autoawq")),
+    StageSpec("evaluate", "perplexities (AWQ+LoRA, ONNX+LoRA) beside quality's, parity, accuracy, speed, sizes",
+              ("evaluate",), ("dataset", "quantize", "finetune", "export", "adapter", "quality"),
               (*TORCH, "autoawq", "peft", "onnxruntime-genai")),
     StageSpec("register", "the ONNX model + adapter as a versioned model asset (MLflow or Azure ML)",
-              ("register",), ("export", "adapter", "generate"), ("mlflow", "azure-ai-ml"), versioned=False),
+              ("register",), ("export", "adapter", "generate"), ("mlflow", "azure-ai-ml"), shared=False),
     StageSpec("report", "one page over every point of a run or sweep: tables, plots, generations",
               ("report",), ("evaluate", "finetune", "generate"), ("matplotlib",), over_points=True,
-              outputs=("report.html",), versioned=False),
+              outputs=("report.html",), shared=False),
 )
 
 RECIPE = Recipe(
