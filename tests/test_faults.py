@@ -36,6 +36,7 @@ from helpers.faults import (
 )
 from helpers.project import SECRETS, copy_project, ending, nodes, run, snakemake_exe
 from modelmake.core.locks import make_writable
+from modelmake.graph.progress import Progress, last_progress
 
 pytestmark = pytest.mark.faults
 
@@ -76,9 +77,9 @@ def test_a_stop_ends_the_running_stage_and_a_plain_build_resumes(project, tmp_pa
     args += ["--cores", "2"]
     build = start(p, args, tmp_path / "stop.log")
     pid = wait_for(lambda: stage_pids(p, "finetune"), 600, "finetune to start", build)[0]
-    # a progress signal, not a timer: the stage has written its first training steps
-    wait_for(lambda: any(len(f.read_text().splitlines()) > 2 for t in temporaries(p, "finetune")
-                         for f in t.glob("train_log.csv")), 600, "finetune to train", build)
+    # a progress signal, not a timer: the stage's own progress bar shows its first training steps
+    log = p / "logs" / "finetune" / f"{nodes(p)['finetune'].key}.log"
+    wait_for(lambda: (last_progress(log) or Progress("", 0, 1, None, "")).n >= 3, 600, "finetune to train", build)
     os.kill(build.pid, sig)
     t0 = time.monotonic()
     wait_for(lambda: gone(pid), 30, "the stage to end")
@@ -471,7 +472,7 @@ def test_a_dataset_swapped_for_another_is_refused_by_the_stage_and_by_verify(pro
     r = modelmake(p, "stage", "finetune")
     assert r.returncode == 2 and "refusing input 'dataset'" in r.stderr
     assert theirs.key in r.stderr and mine.key in r.stderr and "substituted" in r.stderr
-    r = modelmake(p, "explain", str(nodes(p)["register"].path.relative_to(p)), "--verify")
+    r = modelmake(p, "explain", str(nodes(p)["quantize"].path.relative_to(p)), "--verify")
     assert r.returncode == 2 and theirs.key in r.stderr and "substituted" in r.stderr
 
 

@@ -8,13 +8,18 @@
   modelmake search NAME [--trials N] [overrides...]     Optuna search (conf/search/NAME.yaml)
   modelmake stage NAME [overrides...]                   build one stage (its inputs must be built)
   modelmake status                                      what the running builds are doing, with the time left
+  modelmake cache status|push|pull [--until S] [overrides...]   the shared cache (docs/cache.md)
+  modelmake cache gc --older-than 30d                   remove old entries no release names
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import sys
+import time
 from pathlib import Path
 
 from modelmake.core.errors import ModelmakeError
@@ -28,13 +33,29 @@ VERBATIM = {"-n", "--dry-run", "--dryrun", "--summary", "--detailed-summary", "-
             "--rulegraph", "--lint", "-F", "--forceall", "-R", "--forcerun", "-f", "--force", "--touch", "-t"}
 
 
-def pending(plan) -> list[tuple[str, str, float | None]]:
-    """(stage, key, estimated seconds) of every artifact of the plan that is not built, in plan order."""
+def in_cache(plan) -> set[tuple[str, str]]:
+    """The plan's artifacts the shared cache holds (one listing; none where no cache is set or it
+    cannot answer: the build then says why)."""
+    from modelmake.graph import cache as cache_mod
+
+    setting = cache_mod.setting(compose(plan.points[0]))
+    if setting is None or not setting.pull:
+        return set()
+    try:
+        listed = cache_mod.store(setting.url).entries()
+    except cache_mod.CacheError:
+        return set()
+    return {(n.stage, n.key) for n in plan.nodes.values() if f"{n.stage}/{n.digest}" in listed}
+
+
+def pending(plan, cached: set = frozenset()) -> list[tuple[str, str, float | None]]:
+    """(stage, key, estimated seconds) of every artifact of the plan that is neither built nor in
+    the shared cache, in plan order."""
     from modelmake.graph.progress import Estimator
 
     est, out = Estimator(ROOT), []
     for node in plan.nodes.values():
-        if not (ROOT / node.manifest).exists():
+        if not (ROOT / node.manifest).exists() and (node.stage, node.key) not in cached:
             cfg = compose(node.overrides) if node.stage in plan.finals[0] else None
             out.append((node.stage, node.key, est.seconds(node, str(cfg.model.name) if cfg else None)))
     return out
@@ -53,7 +74,10 @@ def cmd_build(args) -> int:
             raise ModelmakeError(f"--profile {args.profile}: no {profile.relative_to(ROOT)}/config.yaml "
                                  f"(known: {known})")
         extra = ["--workflow-profile", str(profile)] + extra
-    view = None if args.verbose or VERBATIM & set(extra) else QuietView(ROOT, pending(plan))
+    view = None
+    if not args.verbose and not VERBATIM & set(extra):
+        cached = in_cache(plan)
+        view = QuietView(ROOT, pending(plan, cached), cached=len(cached))
     return run_snakemake(snakemake_command(args.overrides, extra), view=view)
 
 
@@ -179,6 +203,88 @@ def cmd_stage(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    """The shared cache: what a configuration has there, and moving artifacts by hand."""
+    from modelmake.graph import cache as cache_mod
+    from modelmake.graph.runner import publish_node, pull_node
+
+    plan = build_plan(overrides=args.overrides)
+    setting = cache_mod.setting(compose(plan.points[0]))
+    if setting is None:
+        raise ModelmakeError("no cache is set: cache=folder cache.url=/mnt/team/cache, cache=azure "
+                             "cache.url=az://container/prefix, or $MODELMAKE_CACHE")
+    st = cache_mod.store(setting.url)
+    try:
+        listed = st.entries()
+    except cache_mod.CacheError as e:
+        raise ModelmakeError(f"cache {setting.url}: {e}") from None
+    shared = [n for n in plan.nodes.values() if RECIPE.spec(n.stage).shared]
+    if args.until:
+        order = [s.name for s in RECIPE.stages]
+        shared = [n for n in shared if order.index(n.stage) <= order.index(args.until)]
+    if args.action == "status":
+        print(f"cache {setting.url}")
+        print(f"{'stage':<10} {'key':<13} {'here':<5} {'cache':<6} size")
+        for n in shared:
+            here = (ROOT / n.manifest).exists()
+            size = sum(f.stat().st_size for f in (ROOT / n.path).rglob("*") if f.is_file()) if here else None
+            cached = "yes" if f"{n.stage}/{n.digest}" in listed else "no"
+            shown = "" if size is None else f"{size / 1e6:.1f} MB"
+            print(f"{n.stage:<10} {n.key:<13} {'yes' if here else 'no':<5} {cached:<6} {shown}")
+        return 0
+    if args.action == "push":
+        done = [n for n in shared if (ROOT / n.manifest).exists() and f"{n.stage}/{n.digest}" not in listed]
+        for n in done:
+            publish_node(n, setting)
+        print(f"pushed {len(done)} artifact(s) to {setting.url}")
+        return 0
+    # pull: what the cache holds of this plan, verified
+    got = [n for n in shared if not (ROOT / n.manifest).exists() and f"{n.stage}/{n.digest}" in listed]
+    ok = [n for n in got if pull_node(n, setting)]
+    print(f"pulled {len(ok)} of {len(got)} artifact(s) from {setting.url}")
+    return 0 if len(ok) == len(got) else 1
+
+
+def cmd_gc(args) -> int:
+    """Remove cache entries older than --older-than that no release names, then the contents no entry names."""
+    from modelmake.graph import cache as cache_mod
+    from modelmake.graph import dvc as dvcgen
+
+    setting = cache_mod.setting(compose(tuple(args.overrides)))
+    if setting is None:
+        raise ModelmakeError("no cache is set (cache=..., or $MODELMAKE_CACHE)")
+    m = re.fullmatch(r"(\d+)([dh])", args.older_than)
+    if not m:
+        raise ModelmakeError(f"--older-than {args.older_than}: give days or hours, e.g. 30d or 12h")
+    horizon = time.time() - int(m.group(1)) * (86400 if m.group(2) == "d" else 3600)
+    keep = {f"{n.stage}/{n.digest}" for overrides in dvcgen.releases().values()
+            for n in build_plan(overrides=overrides).nodes.values()}
+    st = cache_mod.store(setting.url)
+    try:
+        names = list(st.listing())
+        entries = {name: t for name, t in names if name.startswith("entries/") and name.endswith(".json")}
+        gone = [name for name, t in entries.items() if t < horizon and name[len("entries/"):-5] not in keep]
+        for name in gone:
+            st.delete(name)
+        referenced = set()
+        for name in set(entries) - set(gone):
+            stage, digest = name[len("entries/"):-5].split("/", 1)
+            raw = st.get_entry(stage, digest)
+            if raw:
+                e = json.loads(raw)
+                referenced |= {f["sha256"] for f in e["files"].values()} | {e["manifest"]["sha256"]}
+        blobs = [(name, t) for name, t in names if name.startswith("blobs/")]
+        # a blob newer than the horizon may belong to a publisher whose entry is not written yet
+        orphans = [name for name, t in blobs if name.rsplit("/", 1)[1] not in referenced and t < horizon]
+        for name in orphans:
+            st.delete(name)
+    except cache_mod.CacheError as e:
+        raise ModelmakeError(f"cache {setting.url}: {e}") from None
+    print(f"removed {len(gone)} entr{'y' if len(gone) == 1 else 'ies'} and {len(orphans)} blob(s) from {setting.url}"
+          f" (kept {len(entries) - len(gone)} entries, the releases' among them)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
@@ -213,6 +319,16 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--trials", type=int, help="finished trials wanted (default: the spec's n_trials)")
     s.add_argument("overrides", nargs="*", help="fixed overrides for every trial")
     sub.add_parser("status", help="what the builds running in this project are doing now")
+    c = sub.add_parser("cache", help="the shared cache: status, push or pull a configuration's artifacts, gc")
+    csub = c.add_subparsers(dest="action", required=True)
+    for name, text in (("status", "per artifact: here, in the cache, size"), ("push", "publish what is built here"),
+                       ("pull", "fetch what the cache holds, verified")):
+        cp = csub.add_parser(name, help=text)
+        cp.add_argument("--until", choices=[s.name for s in RECIPE.stages], help="only stages up to this one")
+        cp.add_argument("overrides", nargs="*")
+    gc = csub.add_parser("gc", help="remove old entries no release names")
+    gc.add_argument("--older-than", required=True, help="e.g. 30d or 12h")
+    gc.add_argument("overrides", nargs="*")
     st = sub.add_parser("stage", help="build one stage of the chain (what each rule and dvc.yaml stage runs)")
     st.add_argument("name", choices=[spec.name for spec in RECIPE.stages])
     st.add_argument("overrides", nargs="*")
@@ -221,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)
     try:
         commands = {"build": cmd_build, "plan": cmd_plan, "generate": cmd_generate, "dvc": cmd_dvc,
-                    "explain": cmd_explain, "search": cmd_search, "stage": cmd_stage, "status": cmd_status}
+                    "explain": cmd_explain, "search": cmd_search, "stage": cmd_stage, "status": cmd_status,
+                    "cache": lambda a: cmd_gc(a) if a.action == "gc" else cmd_cache(a)}
         return commands[args.command](args)
     except ModelmakeError as e:
         print(f"modelmake: error: {e}", file=sys.stderr)

@@ -103,7 +103,8 @@ def setting(cfg=None, environ: dict | None = None) -> Setting | None:
 def scrub(text: str) -> str:
     """A message without secrets: SAS signatures, account keys, connection strings, bearer tokens."""
     text = re.sub(r"(sig|AccountKey|SharedAccessSignature|se|sp|sv|skoid|sktid)=[^&;\s'\"]+", r"\1=***", text)
-    return re.sub(r"(Bearer|Authorization:)\s+\S+", r"\1 ***", text)
+    text = re.sub(r"Authorization:\s*(?:Bearer\s+)?\S+", "Authorization: ***", text)
+    return re.sub(r"Bearer\s+\S+", "Bearer ***", text)
 
 
 # --- stores -----------------------------------------------------------------------------------

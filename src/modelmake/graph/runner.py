@@ -129,6 +129,18 @@ def _publish(node: Node, cache) -> None:
                     "host": socket.gethostname(), "cache": cache.url, **figures})
 
 
+def pull_node(node: Node, cache) -> bool:
+    """`modelmake cache pull`: one artifact from the cache, under its lock; True if it is here now."""
+    with exclusive(node.path.parent / f".{node.path.name}.lock"):
+        return node.manifest.exists() or _pulled(node, cache)
+
+
+def publish_node(node: Node, cache) -> None:
+    """`modelmake cache push`: one built artifact, checked against its manifest first."""
+    verify(node.path, node.stage, node.key)
+    _publish(node, cache)
+
+
 def _check_inputs(node: Node) -> None:
     """Every input built, unchanged since its manifest was written, and the artifact its place
     names (a tampered or truncated file, or a folder swapped for another artifact, is named, not

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from modelmake.core import journal
 from modelmake.core.paths import ROOT
 from modelmake.graph.overrides import OVERRIDES_KEY
 
@@ -85,6 +86,7 @@ _KEY = re.compile(r"^\s+wildcards: key=([0-9a-f]{12})")
 _JOBID = re.compile(r"^\s+jobid: (\d+)$")
 _FINISHED = re.compile(r"^Finished jobid: (\d+) \(Rule: (\w+)\)")
 _PASS = re.compile(r"^(report: |modelmake: (?!error: ))")  # a stage's own error comes last, once
+_TOTAL = re.compile(r"^total\s+(\d+)$")
 _SNAKEMAKE_END = re.compile(r"^(Complete log\(s\)|Elapsed time|\d+ of \d+ steps)")
 
 
@@ -94,7 +96,8 @@ class QuietView:
     builds: graph.progress). Snakemake's whole output goes to a log file; its error blocks are not
     shown (the failing stage's reason and log path end the output instead)."""
 
-    def __init__(self, cwd: Path, pending: list[tuple[str, str, float | None]], out=sys.stderr, every_s: float = 2.0):
+    def __init__(self, cwd: Path, pending: list[tuple[str, str, float | None]], out=sys.stderr, every_s: float = 2.0,
+                 cached: int = 0):
         from modelmake.graph.progress import human
 
         self.cwd, self.out, self.every_s, self.human = Path(cwd), out, every_s, human
@@ -106,12 +109,14 @@ class QuietView:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.t0 = time.monotonic()
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
         self.tail = False
         self.tty = getattr(out, "isatty", lambda: False)()
         left = self._left()
         names = ", ".join(sorted({stage for stage, _, _ in pending}, key=[s for s, _, _ in pending].index))
+        held = f"; {cached} held by the shared cache (pulled where a target reads them)" if cached else ""
         self._say(f"modelmake: {self.total} artifact(s) to build ({names})" + (f", about {human(left)}" if left
-                  else "") if self.total else "modelmake: nothing to build: every artifact is current")
+                  else "") + held if self.total else "modelmake: nothing to build: every artifact is current" + held)
 
     def _say(self, text: str) -> None:
         with self._lock:
@@ -125,7 +130,9 @@ class QuietView:
 
     def line(self, line: str) -> None:
         text = line.rstrip("\n")
-        if m := _RULE.match(text):
+        if m := _TOTAL.match(text):  # Snakemake's own count of the jobs it will run (less `all`)
+            self.total = max(0, int(m.group(1)) - 1)
+        elif m := _RULE.match(text):
             self._block = {"stage": m.group(1)}
         elif (m := _JOBID.match(text)) and self._block:
             self._block["jobid"] = m.group(1)
@@ -143,7 +150,10 @@ class QuietView:
                 self.estimates.pop((job["stage"], job["key"]), None)
                 left = self._left() if self.done < self.total else None
                 took = self.human(time.monotonic() - job["t0"])
-                self._say(f"[{self.done:>2}/{self.total}] {job['stage']:<9} {job['key']}  done in {took}"
+                pulled = journal.latest(job["stage"], job["key"], self.cwd, action="pull")
+                how = (f"pulled from the cache in {took} ({pulled['bytes'] / 1e6:.1f} MB, verified)"
+                       if pulled and pulled.get("pid") and pulled["started"] >= self.started else f"done in {took}")
+                self._say(f"[{self.done:>2}/{self.total}] {job['stage']:<9} {job['key']}  {how}"
                           + (f", about {self.human(left)} left" if left else ""))
         elif text.startswith("=== generation"):
             self.tail = True  # the Snakefile's onsuccess: the generations and the report, shown whole

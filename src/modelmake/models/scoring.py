@@ -108,3 +108,18 @@ def label_accuracy(model, tok, records: list[dict], labels: list[str]) -> float:
             scores.append(-nll(logits, [p[-1]] + ids)[0])
         correct += labels[int(np.argmax(scores))] == r["completion"]
     return correct / len(records)
+
+
+def bootstrap_ppl_difference(a: list[np.ndarray], b: list[np.ndarray], seqs: list[list[int]],
+                             resamples: int = 2000, seed: int = 0) -> list[float]:
+    """A 95 % interval of perplexity(b) - perplexity(a) over the records, by resampling them with
+    replacement: whether a difference measured on this split is larger than the split can tell."""
+    rows = [(nll(x, ids), nll(y, ids)) for x, y, ids in zip(a, b, seqs)]
+    sa = np.array([r[0][0] for r in rows])
+    sb = np.array([r[1][0] for r in rows])
+    n = np.array([r[0][1] for r in rows])
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(rows), size=(resamples, len(rows)))
+    counts = n[pick].sum(1)
+    diff = np.exp(sb[pick].sum(1) / counts) - np.exp(sa[pick].sum(1) / counts)
+    return [float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))]

@@ -16,7 +16,14 @@ import torch
 from modelmake.core.manifest import dir_size
 from modelmake.models.awq_fixes import load_awq_model
 from modelmake.models.awq_quantizer import rtn_quantize_
-from modelmake.models.scoring import label_accuracy, label_set, mean_kl, perplexity_of, torch_logits
+from modelmake.models.scoring import (
+    bootstrap_ppl_difference,
+    label_accuracy,
+    label_set,
+    mean_kl,
+    perplexity_of,
+    torch_logits,
+)
 from modelmake.stages.layout import MODEL_DIR, model_location, read_split
 
 
@@ -42,10 +49,11 @@ def build(node, out: Path, cfg) -> dict:
     rtn_quantize_(fp32, q.w_bit, q.group_size, q.zero_point)
     rtn = [torch_logits(fp32, ids) for ids in seqs]
     metrics["ppl_rtn_int4"], metrics["kl_rtn_int4"] = perplexity_of(rtn, seqs), mean_kl(ref, rtn)
-    del fp32, rtn
+    del fp32
     awq = load_awq_model(qdir, dtype=torch.float32)
     awq_logits = [torch_logits(awq, ids) for ids in seqs]
     metrics["ppl_awq_int4"], metrics["kl_awq_int4"] = perplexity_of(awq_logits, seqs), mean_kl(ref, awq_logits)
+    metrics["ppl_awq_minus_rtn_ci95"] = bootstrap_ppl_difference(rtn, awq_logits, seqs)
     labels = label_set(read_split(n["dataset"].path, "train") + records, e.max_labels) if e.task != "lm" else None
     if labels:
         metrics["accuracy_before"] = label_accuracy(awq, tok, records, labels)

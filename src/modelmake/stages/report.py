@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -41,12 +42,22 @@ def load_points(node) -> list[dict]:
             "finetune": json.loads((ft.path / "metrics.json").read_text()),
             "curve": curve,
             "generation": json.loads((gen.path / "generation.json").read_text()),
-            "keys": {s: n.key for s, n in ev.inputs.items()},
+            "keys": upstream_keys(ev),
             # decode speed is a measurement of this machine, not part of the artifacts: the journal's
             "measured": (journal.latest("evaluate", ev.key) or {}).get("measured", {}),
             "generation_measured": (journal.latest("generate", gen.key) or {}).get("measured", {}),
         })
     return points
+
+
+def upstream_keys(node) -> dict[str, str]:
+    """Stage -> key of every artifact `node` was built from, all the way down."""
+    keys, todo = {}, list(node.inputs.values())
+    while todo:
+        n = todo.pop()
+        keys.setdefault(n.stage, n.key)
+        todo.extend(n.inputs.values())
+    return keys
 
 
 def point_labels(overrides: list[tuple[str, ...]]) -> list[str]:
@@ -175,7 +186,7 @@ def plot_search_history(values: list[float], metric: str, direction: str, path: 
 
 def shared_artifacts(points) -> list[str]:
     lines = []
-    for stage in ("base", "dataset", "quantize", "export", "finetune", "adapter"):
+    for stage in ("base", "dataset", "quantize", "quality", "export", "finetune", "adapter"):
         keys = {p["keys"][stage] for p in points}
         lines.append(f"{stage}: {len(keys)} artifact(s) for {len(points)} point(s)")
     return lines
@@ -190,44 +201,92 @@ def markdown_tables(tbls) -> list[str]:
     return out
 
 
-def markdown(title, points, best, metric, tbls, plots, shared) -> str:
-    out = [f"# {title}", "", f"{len(points)} point(s). Best by `{metric}`: **{best['label']}** "
-           f"({fmt(best['metrics'][metric])}).", ""]
-    out += markdown_tables(tbls)
-    out += ["## Plots", ""] + [f"![{alt}]({name})" for name, alt in plots] + [""]
-    out += ["## Built once, shared", ""] + [f"- {s}" for s in shared] + [""]
-    out += ["## Sample generation per adapter", ""]
+def notes(points: list[dict]) -> list[str]:
+    """What the numbers cannot tell: a difference smaller than its uncertainty on the held-out split."""
+    out = []
+    for p in points:
+        m = p["metrics"]
+        ci = m.get("ppl_awq_minus_rtn_ci95")
+        if ci and ci[0] <= 0 <= ci[1]:
+            out.append(f"{p['label']}: AWQ vs RTN perplexity differs by {m['ppl_awq_int4'] - m['ppl_rtn_int4']:+.3g}, "
+                       f"inside its 95 % bootstrap interval over the {m.get('eval_records')} held-out records "
+                       f"[{ci[0]:+.3g}, {ci[1]:+.3g}]: the split is too small to tell them apart by perplexity "
+                       "(the KL from fp32 is the steadier measure)")
+    return out
+
+
+def document(title, points, best, metric, tbls, plots, shared) -> list[tuple]:
+    """The report as blocks, rendered to Markdown and to HTML alike (the two carry the same content)."""
+    blocks = [("h1", title), ("p", f"{len(points)} point(s). Best by `{metric}`: **{best['label']}** "
+                                    f"({fmt(best['metrics'][metric])}).")]
+    blocks += [("note", n) for n in notes(points)]
+    blocks += [("table", caption, cols, rows) for caption, cols, rows in tbls]
+    blocks += [("h2", "Plots"), *(("img", name, alt) for name, alt in plots)]
+    blocks += [("h2", "Built once, shared"), ("list", shared), ("h2", "Sample generation per adapter")]
     for p in points:
         g = p["generation"]
         rate = p["generation_measured"].get("tokens_per_s")
-        out += [f"**{p['label']}** ({g['new_tokens']} tokens" + (f", {rate:.0f} tokens/s)" if rate else ")"), "", "```",
-                g["prompt"] + g["completion"], "```", ""]
+        blocks += [("p", f"**{p['label']}** ({g['new_tokens']} tokens" + (f", {rate:.0f} tokens/s)" if rate else ")")),
+                   ("pre", g["prompt"] + g["completion"])]
         if g.get("base_completion") is not None:
-            out += ["The same prompt, base model (no adapter):", "", "```", g["base_completion"].strip(), "```", ""]
+            blocks += [("p", "The same prompt, base model (no adapter):"), ("pre", g["base_completion"].strip())]
+    return blocks
+
+
+def markdown(blocks: list[tuple]) -> str:
+    out = []
+    for b in blocks:
+        kind = b[0]
+        if kind in ("h1", "h2"):
+            out += [("# " if kind == "h1" else "## ") + b[1], ""]
+        elif kind == "p":
+            out += [b[1], ""]
+        elif kind == "note":
+            out += [f"> **Note**: {b[1]}", ""]
+        elif kind == "table":
+            out += markdown_tables([b[1:]])
+        elif kind == "img":
+            out += [f"![{b[2]}]({b[1]})", ""]
+        elif kind == "list":
+            out += [f"- {x}" for x in b[1]] + [""]
+        elif kind == "pre":
+            out += ["```", b[1], "```", ""]
     return "\n".join(out)
 
 
-def html_page(title, points, best, metric, tbls, plots, shared) -> str:
+def html_page(blocks: list[tuple]) -> str:
     e = html.escape
-    parts = [f"<!doctype html><meta charset='utf-8'><title>{e(title)}</title>",
+
+    def inline(text: str) -> str:  # the Markdown the blocks use: **bold** and `code`
+        text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", e(text))
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+    parts = ["<!doctype html><meta charset='utf-8'>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}pre{background:#f5f5f5;padding:8px}</style>",
-             f"<h1>{e(title)}</h1><p>{len(points)} point(s). Best by <code>{e(metric)}</code>: "
-             f"<b>{e(best['label'])}</b> ({e(fmt(best['metrics'][metric]))}).</p>"]
-    for caption, cols, rows in tbls:
-        parts.append(f"<h2>{e(caption)}</h2><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{e(v)}</td>" for v in r) + "</tr>" for r in rows]
-        parts.append("</table>")
-    parts.append("<h2>Plots</h2>" + "".join(f"<p><img src='{e(n)}' alt='{e(a)}'></p>" for n, a in plots))
-    parts.append("<h2>Built once, shared</h2><ul>" + "".join(f"<li>{e(s)}</li>" for s in shared) + "</ul>")
-    parts.append("<h2>Sample generation per adapter</h2>")
-    for p in points:
-        g = p["generation"]
-        parts.append(f"<p><b>{e(p['label'])}</b> ({g['new_tokens']} tokens)</p>"
-                     f"<pre>{e(g['prompt'] + g['completion'])}</pre>")
-        if g.get("base_completion") is not None:
-            parts.append("<p>The same prompt, base model (no adapter):</p>"
-                         f"<pre>{e(g['base_completion'].strip())}</pre>")
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
+             "pre{background:#f5f5f5;padding:8px;white-space:pre-wrap;overflow-wrap:anywhere}"
+             "blockquote{border-left:4px solid #e0a000;margin:0;padding:4px 12px;background:#fff8e0}</style>"]
+    for b in blocks:
+        kind = b[0]
+        if kind == "h1":
+            parts += [f"<title>{e(b[1])}</title>", f"<h1>{e(b[1])}</h1>"]
+        elif kind == "h2":
+            parts.append(f"<h2>{e(b[1])}</h2>")
+        elif kind == "p":
+            parts.append(f"<p>{inline(b[1])}</p>")
+        elif kind == "note":
+            parts.append(f"<blockquote><b>Note</b>: {inline(b[1])}</blockquote>")
+        elif kind == "table":
+            caption, cols, rows = b[1:]
+            parts.append(f"<h2>{e(caption)}</h2><table><tr>" + "".join(f"<th>{e(c)}</th>" for c in cols) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{e(v)}</td>" for v in r) + "</tr>" for r in rows]
+            parts.append("</table>")
+        elif kind == "img":
+            parts.append(f"<p><img src='{e(b[1])}' alt='{e(b[2])}'></p>")
+        elif kind == "list":
+            parts.append("<ul>" + "".join(f"<li>{inline(x)}</li>" for x in b[1]) + "</ul>")
+        elif kind == "pre":
+            parts.append(f"<pre>{e(b[1])}</pre>")
     return "\n".join(parts)
 
 
@@ -241,9 +300,9 @@ def build(node, out: Path, cfg) -> dict:
     plot_perplexity(points, out / plots[1][0])
     plot_tradeoff(points, out / plots[2][0])
     tbls, shared = tables(points), shared_artifacts(points)
-    args = (r["title"], points, best, r["best_metric"], tbls, plots, shared)
-    (out / "report.md").write_text(markdown(*args))
-    (out / "report.html").write_text(html_page(*args))
+    blocks = document(r["title"], points, best, r["best_metric"], tbls, plots, shared)
+    (out / "report.md").write_text(markdown(blocks))
+    (out / "report.html").write_text(html_page(blocks))
     (out / "points.json").write_text(json.dumps([{k: p[k] for k in ("label", "metrics", "finetune", "keys")}
                                                  for p in points], indent=2))
     return {"points": len(points), "best": best["label"], "best_metric": r["best_metric"],
