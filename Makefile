@@ -39,13 +39,16 @@ lint: install
 	VENV=$(VENV) bash .ci/lint
 
 ## cold / no-op / incremental timings of the build graph; sweep sharing and decode speed; the tiny
-## fixture and SmolLM2 side by side; faults survived; the same build through SLURM
-## (bench/cluster.py starts tests/cluster's one-node SLURM: root)
+## fixture and SmolLM2 side by side; faults survived; the cache's clients and pull vs build (Azurite:
+## Node.js); the same build through SLURM (bench/cluster.py starts tests/cluster's SLURM: root).
+## Each writes its own section of bench/RESULTS.md.
 bench: install
 	$(PY) bench/pipeline.py
 	$(PY) bench/sweep.py
 	$(PY) bench/models.py
 	$(PY) bench/faults.py
+	$(PY) bench/cache_clients.py
+	$(PY) bench/cache.py
 	$(PY) bench/cluster.py
 
 clean:

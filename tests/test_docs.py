@@ -48,6 +48,7 @@ def strip_comment(line: str) -> str:
 
 # Commands another test runs (the test names it), or that cannot run here (the reason).
 DVC_TEST = "tests/test_dvc.py::test_clone_and_pull_rebuilds_nothing_and_repro_rebuilds_only_the_stale"
+AZURE_CACHE = "tests/test_cache.py::test_an_azure_clone_pulls_the_publishers_bytes_and_builds_only_register_and_report"
 COVERED = {
     "make run": "tests/test_release.py (the release fixture runs it on a fresh copy)",
     "make test": ".ci/run (CI runs it)",
@@ -60,6 +61,10 @@ COVERED = {
     "dvc push": DVC_TEST,
     "dvc metrics diff HEAD~1": DVC_TEST,
     "az login": "not here: Azure ML needs a workspace and a network (documented as untested)",
+    "modelmake build cache=azure cache.url=az://modelmake/cache": AZURE_CACHE,
+    "export MODELMAKE_CACHE=az://modelmake/cache": AZURE_CACHE + " (sets $MODELMAKE_CACHE alone)",
+    "modelmake build cache=azure cache.url=az://modelmake/cache cache.push=false":
+        "tests/test_cache.py::test_a_pull_only_machine_publishes_nothing (on a folder cache)",
     "az ml model create -f artifacts/register/<key>/model.yml": "not here: Azure ML (the model.yml is checked by "
                                                                 "tests/test_registry.py)",
     "AZURE_SUBSCRIPTION_ID=... AZURE_RESOURCE_GROUP=... AZUREML_WORKSPACE_NAME=... modelmake build register=azureml":
@@ -102,12 +107,13 @@ def docs(project, release, tmp_path_factory):
     (p / "my.jsonl").write_text("".join(json.dumps({"question": r["prompt"], "answer": r["response"]}) + "\n"
                                         for r in records[:60]))
     folder = hf_folder(tmp_path_factory.mktemp("models") / "my-phi-3.5")
-    return {"project": p, "folder": folder}
+    return {"project": p, "folder": folder, "cache": tmp_path_factory.mktemp("team") / "modelmake-cache"}
 
 
 def filled(command: str, docs: dict) -> list[str]:
     p = docs["project"]
-    command = command.replace("/models/my-phi-3.5", str(docs["folder"]))
+    command = command.replace("/models/my-phi-3.5", str(docs["folder"])).replace(
+        "/mnt/team/modelmake-cache", str(docs["cache"]))
     if "<key>" in command:
         stage = re.search(r"artifacts/(\w+)/<key>", command).group(1)
         command = command.replace("<key>", nodes(p)[stage].key)
@@ -127,6 +133,11 @@ RUN = [
     'modelmake generate --prompt "What food should I try in Vienna?" experiment=smollm2',
     'modelmake generate --prompt "What food should I try in Vienna?" --no-adapter experiment=smollm2',
     "modelmake dvc",
+    "modelmake build cache=folder cache.url=/mnt/team/modelmake-cache",
+    "modelmake cache status cache=folder cache.url=/mnt/team/modelmake-cache",
+    "modelmake cache push cache=folder cache.url=/mnt/team/modelmake-cache",
+    "modelmake cache pull --until export cache=folder cache.url=/mnt/team/modelmake-cache",
+    "modelmake cache gc --older-than 30d cache=folder cache.url=/mnt/team/modelmake-cache",
 ]
 
 
