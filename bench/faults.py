@@ -14,6 +14,7 @@ built twice, bad inputs refused with file:line; the same goes to its section of 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -35,6 +36,38 @@ BAD_INPUTS = {  # name -> (bytes, what the refusal must name)
     "missing field": (f'{GOOD}\n{json.dumps({"prompt": "q"})}\n'.encode(), ":2: field 'response' is missing"),
     "empty field": (f'{GOOD}\n{json.dumps({"prompt": "q", "response": " "})}\n'.encode(), ":2: field 'response'"),
 }
+
+
+def bad_settings(work: Path) -> list[tuple[str, list[str], str]]:
+    """(what, overrides, what the refusal must name) of bad input beyond data records: each must be
+    refused when the plan is built (`modelmake plan`: exit 2, no artifact written) in one line."""
+    from helpers.folders import hf_folder
+
+    empty, fifo = work / "empty.jsonl", work / "fifo.jsonl"
+    empty.write_text("")
+    os.mkfifo(fifo)
+    decoy = hf_folder(work / "decoy")
+    (decoy / "model.safetensors").write_bytes(b"")
+    evil = hf_folder(work / "evil")
+    (evil / "chat_template.jinja").write_text("{{ messages.__class__.__mro__ }}")
+    huge = hf_folder(work / "huge", hidden_size=10_000_000, intermediate_size=10_000_000)
+    model = ["model=phi35_mini", "model.revision=null"]
+    return [
+        ("an empty data file", [f"data.path={empty}"], "holds no records"),
+        ("a directory as data", [f"data.path={work}"], "data.path': "),
+        ("a FIFO as data", [f"data.path={fifo}"], "is not a regular file"),
+        ("the Phi-3 template on SmolLM2", ["model=smollm2_135m",
+                                           "data.template=<|user|>\\n{prompt}<|end|>\\n<|assistant|>\\n{response}<|end|>",
+                                           "data.response_marker=<|assistant|>\\n"], "data.template"),
+        ("an empty decoy .safetensors", [*model, f"model.source={decoy}"], "model.safetensors"),
+        ("a chat template the sandbox refuses", [*model, f"model.source={evil}", "data.template=chat"],
+         "data.template"),
+        ("a config too large for the machine", [*model, f"model.source={huge}"], "model.source"),
+        ("a typo'd key", ["lora.rank=8"], "did you mean 'lora.r'"),
+        ("a new key (+)", ["+lora.rank=8"], "takes no new keys"),
+        ("a cache URL of unknown scheme", ["cache=folder", "cache.url=s3://b/x"], "cache.url"),
+        ("braces in the artifacts folder", ["artifacts=art/{x}"], "artifacts"),
+    ]
 
 
 def main() -> None:
@@ -78,6 +111,14 @@ def main() -> None:
             path.write_bytes(data)
             r = run(built, sys.executable, "-m", "modelmake", "stage", "dataset", f"data.path={path}")
             refused += r.returncode == 2 and f"{path}{must}" in r.stderr
+        settings = []
+        before = sorted((built / "artifacts").rglob("*"))
+        for what, overrides, must in bad_settings(work):
+            r = run(built, sys.executable, "-m", "modelmake", "plan", *overrides)
+            lines = r.stderr.strip().splitlines()
+            settings.append([what, "yes" if r.returncode == 2 else f"no (exit {r.returncode})",
+                             "yes" if len(lines) == 1 and must in lines[0] else "no"])
+        untouched = sorted((built / "artifacts").rglob("*")) == before
     finally:
         subprocess.run(["rm", "-rf", str(work)])
     total = {k: sum(r[k] for r in rows) for k in ("injected", "survived", "left_bytes", "twice")}
@@ -86,8 +127,13 @@ def main() -> None:
         [[r["fault"], r["injected"], r["survived"], r["left_bytes"], r["twice"]] for r in rows]
         + [["**all**", total["injected"], total["survived"], total["left_bytes"], total["twice"]]])
     bad = f"bad inputs tried: {len(BAD_INPUTS)}, refused naming file:line: {refused} ({', '.join(BAD_INPUTS)})"
+    early = md_table(("bad input", "refused before work", "in one line naming the file or field"), settings)
+    n_before = sum(row[1] == "yes" for row in settings)
+    n_named = sum(row[2] == "yes" for row in settings)
     print("\n" + table)
     print("\n" + bad)
+    print("\n" + early + f"\n\n{len(settings)} tried, {n_before} refused before work, {n_named} in one line naming "
+          f"the file or field; artifacts untouched: {untouched}")
     write_section("faults", "Faults survived", "\n\n".join([
         "A fresh copy of the project built cold once; then, per stage, a copy without that stage's artifact: kill -9 "
         f"of the stage process at a seeded random point inside the stage (seed {args.seed}), then of Snakemake "
@@ -96,6 +142,10 @@ def main() -> None:
         table,
         "Bad data files given to the dataset stage (`python -m modelmake stage dataset data.path=FILE`): each must "
         "be refused (exit 2) naming the file and line. " + bad[0].upper() + bad[1:] + ".",
+        "Bad settings, models and files given to `modelmake plan`: each must be refused before any work, in one "
+        f"line naming the file or the field ({len(settings)} tried, {n_before} refused before work, {n_named} in one "
+        f"line naming it; the artifacts folder untouched: {untouched}).",
+        early,
     ]))
 
 

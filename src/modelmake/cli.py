@@ -196,8 +196,11 @@ def cmd_stage(args) -> int:
 
     def run():
         node, cfg = stage_node(args.name, args.overrides)
-        spec = RECIPE.spec(args.name)
-        run_node(node, cfg, stage_build(spec.module), shared=spec.shared)
+        def stages(name):
+            spec = RECIPE.spec(name)
+            return stage_build(spec.module), spec.shared
+
+        run_node(node, cfg, *stages(args.name), stages=stages)
 
     guarded(run, args.name)
     return 0

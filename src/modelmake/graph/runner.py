@@ -51,12 +51,15 @@ def stage_build(module: str) -> Build:
     return importlib.import_module(module).build
 
 
-def run_node(node: Node, cfg, build: Build, shared: bool = False) -> Node:
+def run_node(node: Node, cfg, build: Build, shared: bool = False, stages=None, _outer: bool = True) -> Node:
     """Build `node` (checking its inputs, atomically, manifest last) unless it exists. A `shared`
     artifact (one a rebuild reproduces: recipe.table) is first asked of the shared cache, verified
-    and pulled if it is there, and published to it after a build here."""
+    and pulled if it is there, and published to it after a build here. Where the cache held it but
+    its entry is refused (or the cache failed mid-way), its inputs may never have been asked for (a
+    cached artifact counts as present in the build graph): they are then built here first, each as
+    its own stage would (`stages`: stage name -> (build, shared))."""
     stage = node.stage
-    expected = os.environ.get("MODELMAKE_EXPECT")  # set by the Snakefile: both sides must agree
+    expected = os.environ.get("MODELMAKE_EXPECT") if _outer else None  # set by the Snakefile: both must agree
     if expected and Path(expected) != node.path:
         raise ModelmakeError(
             f"{stage}: the build graph expects {expected} but this config keys to {node.path}; "
@@ -69,8 +72,16 @@ def run_node(node: Node, cfg, build: Build, shared: bool = False) -> Node:
             log.info("%s: up to date at %s", stage, node.path)
             return node
         cache = cache_setting(cfg) if shared else None
-        if cache is not None and cache.pull and not os.environ.get("MODELMAKE_FORCE") and _pulled(node, cache):
-            return node
+        if cache is not None and cache.pull and not os.environ.get("MODELMAKE_FORCE"):
+            got = _pulled(node, cache)
+            if got:
+                return node
+            if got is None and stages is not None:  # refused: what the build graph did not ask for, here
+                for inp in node.inputs.values():
+                    if not inp.manifest.exists():
+                        log.info("%s: building its input %s %s here (the cache's entry was refused)",
+                                 stage, inp.stage, inp.key)
+                        run_node(inp, cfg, *stages(inp.stage), stages=stages, _outer=False)
         _check_inputs(node)
         _build(node, cfg, build)
         if cache is not None and cache.push:
@@ -86,8 +97,9 @@ def _cache_trouble(cache, what: str, why: str) -> None:
     print(f"modelmake: warning: {line}; building here", file=sys.stderr, flush=True)
 
 
-def _pulled(node: Node, cache) -> bool:
-    """Pull `node` from the cache into place, verified; False where it is not there or is refused."""
+def _pulled(node: Node, cache) -> bool | None:
+    """Pull `node` from the cache into place, verified: True; False where the cache has no entry;
+    None where its entry was refused or the cache failed (the build graph may have counted on it)."""
     from modelmake.graph.cache import CacheError, Refused, pull, store
 
     st, started = store(cache.url), _now()
@@ -101,10 +113,10 @@ def _pulled(node: Node, cache) -> bool:
     except Refused as e:
         print(f"modelmake: warning: cache {cache.url}: refusing {node.stage} {node.key}: {e}; building it here",
               file=sys.stderr, flush=True)
-        return False
+        return None
     except CacheError as e:
         _cache_trouble(cache, f"pulling {node.stage} {node.key}", str(e))
-        return False
+        return None
     log.info("%s: pulled %s from %s (%.1f MB in %.1f s), verified", node.stage, node.key, cache.url,
              figures["bytes"] / 1e6, figures["seconds"])
     journal.append({"action": "pull", "stage": node.stage, "key": node.key, "started": started,
@@ -132,7 +144,7 @@ def _publish(node: Node, cache) -> None:
 def pull_node(node: Node, cache) -> bool:
     """`modelmake cache pull`: one artifact from the cache, under its lock; True if it is here now."""
     with exclusive(node.path.parent / f".{node.path.name}.lock"):
-        return node.manifest.exists() or _pulled(node, cache)
+        return node.manifest.exists() or bool(_pulled(node, cache))
 
 
 def publish_node(node: Node, cache) -> None:
