@@ -19,7 +19,7 @@ import pytest
 
 from helpers import azurite as az_helper
 from helpers.faults import leftovers
-from helpers.project import SECRETS, copy_project, nodes, run
+from helpers.project import REPO, SECRETS, copy_project, nodes, run
 from modelmake.core.errors import ModelmakeError
 from modelmake.graph.cache import check_url, scrub
 from modelmake.recipe import RECIPE, build_plan
@@ -297,3 +297,28 @@ def test_the_smollm2_release_is_pulled_without_its_base(release, azurite_server,
         assert files_of(mine[stage]) == files_of(theirs[stage]), stage
     print(f"the SmolLM2 release pulled in {time.monotonic() - t0:.1f} s", file=sys.stderr)
     assert os.environ.get("MODELMAKE_CACHE") is None  # the tests' own environment stays clean
+
+
+# --- data read from the same storage ----------------------------------------------------------
+def test_data_from_blob_storage_is_keyed_by_content_and_refused_by_line(project, azurite_server, tmp_path):
+    p = copy_project(tmp_path / "p", built=project)
+    container = azurite_server.client().create_container("data")
+    records = (REPO / "data" / "travel_sample.jsonl").read_bytes()
+    container.upload_blob("travel.jsonl", records)
+    env = az_env(azurite_server)
+    r = run(p, sys.executable, "-c", "from modelmake.recipe import build_plan; "
+            "print(build_plan(overrides=['data.path=az://data/travel.jsonl']).finals[0]['dataset'].key)", env=env)
+    assert r.returncode == 0 and r.stdout.strip() == nodes(p)["dataset"].key, r.stderr[-2000:]  # content, not URL
+    extra = json.dumps({"prompt": "Is Oslo expensive?", "response": "Yes; plan a budget."}).encode() + b"\n"
+    container.upload_blob("more.jsonl", records + extra)
+    r = modelmake(p, "stage", "dataset", "data.path=az://data/more.jsonl", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    new = [d for d in (p / "artifacts" / "dataset").iterdir() if d.name != nodes(p)["dataset"].key]
+    rendered = "".join((d / f).read_text() for d in new for f in ("train.jsonl", "eval.jsonl"))
+    assert "Is Oslo expensive?" in rendered  # the blob's bytes, read from their local copy
+    container.upload_blob("broken.jsonl", records + b'{"prompt": "q"}\n')
+    r = modelmake(p, "plan", "data.path=az://data/broken.jsonl", env=env)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and lines[-1].startswith("az://data/broken.jsonl:193: field 'response' is missing"), lines
+    r = modelmake(p, "plan", "data.path=az://data/absent.jsonl", env=env)
+    assert r.returncode == 2 and "data file not found: az://data/absent.jsonl" in r.stderr

@@ -27,7 +27,7 @@ def copy_project(dst: Path, built: Path | None = None, with_dvc: bool = False) -
     return dst
 
 
-def run(project: Path, *args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+def run(project: Path, *args: str, timeout: int = 1800, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command in `project`, importing that copy's modelmake (its edits count)."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # `python` = this venv's
     env = os.environ | {"PYTHONPATH": str(project / "src"), "PATH": path} | (env or {})

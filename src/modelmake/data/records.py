@@ -14,7 +14,7 @@ from modelmake.core.errors import ModelmakeError
 MAX_REPORTED = 20
 
 
-def _lines(path: Path, errors: list[str]):
+def _lines(path: Path, errors: list[str], name=None):
     """(line number, text) of a UTF-8 file as people have it: a leading BOM is dropped, CRLF and LF
     both end a line; a line that is not UTF-8 is reported with its byte offset in the file."""
     data = path.read_bytes()
@@ -23,42 +23,44 @@ def _lines(path: Path, errors: list[str]):
         try:
             yield lineno, raw.decode("utf-8").removesuffix("\r")
         except UnicodeDecodeError as e:
-            errors.append(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {offset + e.start} "
+            errors.append(f"{name or path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {offset + e.start} "
                           f"of the file)")
         offset += len(raw) + 1
 
 
-def read_records(path: Path, fields: list[str], forbidden: list[str] = ()) -> list[dict]:
+def read_records(path: Path, fields: list[str], forbidden: list[str] = (), name: str | None = None) -> list[dict]:
     """Records of a JSONL file, each with every template field as a non-empty string holding none
-    of the `forbidden` strings (the template's role tokens)."""
+    of the `forbidden` strings (the template's role tokens); `name`: what messages call the file
+    (the URL of a blob read from its local copy)."""
+    shown = name or path
     if not path.is_file():
-        raise ModelmakeError(f"{path}: data file not found")
+        raise ModelmakeError(f"{shown}: data file not found")
     records, errors = [], []
-    for lineno, line in _lines(path, errors):
+    for lineno, line in _lines(path, errors, name):
         if not line.strip():
             continue  # blank lines (a trailing newline) are not records
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            errors.append(f"{path}:{lineno}: not valid JSON ({e.msg}, column {e.colno})")
+            errors.append(f"{shown}:{lineno}: not valid JSON ({e.msg}, column {e.colno})")
             continue
         if not isinstance(rec, dict):
-            errors.append(f"{path}:{lineno}: a record must be a JSON object, got {type(rec).__name__}")
+            errors.append(f"{shown}:{lineno}: a record must be a JSON object, got {type(rec).__name__}")
             continue
         for name in fields:
             if name not in rec:
-                errors.append(f"{path}:{lineno}: field '{name}' is missing (the template needs {fields})")
+                errors.append(f"{shown}:{lineno}: field '{name}' is missing (the template needs {fields})")
             elif not isinstance(rec[name], str) or not rec[name].strip():
-                errors.append(f"{path}:{lineno}: field '{name}' must be a non-empty string, got {rec[name]!r:.40}")
+                errors.append(f"{shown}:{lineno}: field '{name}' must be a non-empty string, got {rec[name]!r:.40}")
             elif found := [t for t in forbidden if t in rec[name]]:
-                errors.append(f"{path}:{lineno}: field '{name}' holds the template's role token {found[0]!r} "
+                errors.append(f"{shown}:{lineno}: field '{name}' holds the template's role token {found[0]!r} "
                               "(set data.allow_special_tokens=true if that is meant)")
         records.append({k: rec.get(k) for k in fields} | {"_line": lineno})
     if errors:
         more = f"\n... and {len(errors) - MAX_REPORTED} more" if len(errors) > MAX_REPORTED else ""
-        raise ModelmakeError(f"{len(errors)} bad record(s) in {path}:\n" + "\n".join(errors[:MAX_REPORTED]) + more)
+        raise ModelmakeError(f"{len(errors)} bad record(s) in {shown}:\n" + "\n".join(errors[:MAX_REPORTED]) + more)
     if not records:
-        raise ModelmakeError(f"{path}: holds no records")
+        raise ModelmakeError(f"{shown}: holds no records")
     return records
 
 

@@ -16,6 +16,7 @@ from modelmake.core.hashing import fact, file_sha256
 from modelmake.core.paths import ROOT
 from modelmake.data.records import read_records
 from modelmake.data.templates import CHAT, role_tokens, sandbox_problem, template_fields, template_fit
+from modelmake.graph import remote
 from modelmake.models import sources
 from modelmake.models.families import (
     FAMILIES,
@@ -116,7 +117,10 @@ def check_records(cfg: DictConfig, model: dict) -> None:
     the plan is built (the file is hashed then anyway; the verdict is memoized by its content), so a
     bad file is refused with its file:line:field lines before any stage runs."""
     d = cfg.data
-    path = Path(d.path) if Path(d.path).is_absolute() else ROOT / d.path
+    if remote.is_remote(d.path):
+        sha, path = remote.fetch(d.path)
+    else:
+        path = Path(d.path) if Path(d.path).is_absolute() else ROOT / d.path
     if not path.is_file():
         return  # named by the dataset stage's data check (recipe.table): not found, a directory, ...
     if d.template == CHAT:
@@ -127,7 +131,7 @@ def check_records(cfg: DictConfig, model: dict) -> None:
         fields, forbidden = template_fields(d.template), role_tokens(d.template)
     forbidden = [] if d.allow_special_tokens else forbidden
     fact(file_sha256(path), f"records-ok:{json.dumps([fields, forbidden])}",
-         lambda: len(read_records(path, fields, forbidden)))
+         lambda: len(read_records(path, fields, forbidden, name=d.path)))
 
 
 def check_memory(cfg: DictConfig, model: dict) -> None:

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from modelmake.core.errors import ModelmakeError
 from modelmake.core.hashing import file_sha256
 from modelmake.core.paths import ROOT
+from modelmake.graph import remote
 from modelmake.graph.plan import Recipe, StageSpec
 from modelmake.models import sources
 from modelmake.recipe.checks import FREE_TEXT, check
@@ -33,6 +34,8 @@ def _data_file(field_name: str, value: str) -> Path:
 
 
 def dataset_data(cfg: DictConfig) -> dict[str, str]:
+    if remote.is_remote(cfg.data.path):  # a blob: keyed by its content, read from its local copy
+        return {cfg.data.path: remote.fetch(cfg.data.path)[0]}
     return {cfg.data.path: file_sha256(_data_file("data.path", cfg.data.path))}
 
 

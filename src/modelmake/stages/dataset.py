@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from modelmake.core.errors import ModelmakeError
+from modelmake.core.paths import remote_copy
 from modelmake.data.records import read_records, split, write_jsonl
 from modelmake.data.templates import (
     CHAT,
@@ -23,12 +24,20 @@ from modelmake.data.templates import (
 from modelmake.stages.layout import TEMPLATE_FILE, model_location
 
 
+def source_path(node, path: str) -> Path:
+    """Where the data file's bytes are: the path itself, or for a blob (az://...) its local copy by
+    content, made when the plan was built (graph.remote)."""
+    if path.startswith(("az://", "azure://", "azureml://")):
+        return remote_copy(node.data[path])
+    return Path(path)
+
+
 def prepare(path: Path, template: str, marker: str, eval_fraction: float, seed: int, check=None,
-            forbidden: list[str] = ()):
+            forbidden: list[str] = (), name: str | None = None):
     fields = template_fields(template)
     if marker and marker not in template:
         raise ModelmakeError(f"data.response_marker {marker!r} does not occur in data.template")
-    records = read_records(path, fields, forbidden)
+    records = read_records(path, fields, forbidden, name)
     items = [render(template, marker, r) for r in records]
     if check is not None:
         check(items, records)
@@ -73,7 +82,8 @@ def build(node, out: Path, cfg) -> dict:
     template, marker = effective_template(d, tok)
     # a record that forges a turn (holds one of the template's role tokens) is refused, file:line:field
     forbidden = [] if d.allow_special_tokens else role_tokens(template)
-    train, evals = prepare(Path(d.path), template, marker, d.eval_fraction, d.seed, check, forbidden)
+    train, evals = prepare(source_path(node, d.path), template, marker, d.eval_fraction, d.seed, check, forbidden,
+                           name=d.path)
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "eval.jsonl", evals)
     (out / TEMPLATE_FILE).write_text(json.dumps(

@@ -1,0 +1,47 @@
+"""The build's view of itself: a stage's own progress read from its log, and the time a stage takes
+learned from this machine's earlier builds (the journal, with the config from their manifests)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+from modelmake.core import journal
+from modelmake.graph.progress import Estimator, human, last_progress
+
+
+def test_the_last_progress_bar_of_a_log_is_read_with_its_postfix(tmp_path):
+    log = tmp_path / "finetune.log"
+    log.write_text("loading\nfinetune:  10%|#         | 10/100 [00:01<00:09,  9.9it/s, loss=1.234]\r"
+                   "finetune:  34%|###4      | 34/100 [00:05<00:09,  6.60it/s, loss=0.762]")
+    p = last_progress(log)
+    assert (p.desc, p.n, p.total, p.left_s, p.postfix) == ("finetune", 34, 100, 9.0, "loss=0.762")
+    assert str(p) == "finetune 34/100 loss=0.762" and abs(p.fraction - 0.34) < 1e-9
+    assert last_progress(tmp_path / "absent.log") is None
+
+
+def test_human_times():
+    assert [human(x) for x in (None, 4.4, 75, 3700)] == ["?", "4 s", "1 min 15 s", "1 h 01 min"]
+
+
+def built(root: Path, stage: str, key: str, config: dict, seconds: float, model: str = "tiny-phi3") -> None:
+    folder = root / "artifacts" / stage / key
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"stage": stage, "key": key, "config": config}))
+    journal.append({"action": "build", "stage": stage, "key": key, "seconds": seconds, "model": model,
+                    "host": socket.gethostname()}, root)
+
+
+def test_a_stage_is_estimated_from_earlier_builds_of_it_on_this_machine(tmp_path):
+    train = {"lora": {"r": 8}, "train": {"steps": 100, "batch_size": 8}}
+    built(tmp_path, "finetune", "a" * 12, train, 20.0)
+    built(tmp_path, "finetune", "b" * 12, train, 22.0)
+    est = Estimator(tmp_path)
+    same = SimpleNamespace(stage="finetune", config=train)
+    assert est.seconds(same, "tiny-phi3") == 21.0  # the median of the same config's builds
+    longer = SimpleNamespace(stage="finetune", config={"lora": {"r": 4}, "train": {"steps": 200, "batch_size": 8}})
+    assert est.seconds(longer, "tiny-phi3") == 42.0  # scaled by its work: twice the steps
+    assert est.seconds(same, "smollm2") is None  # another model: no guess
+    assert est.seconds(SimpleNamespace(stage="quantize", config={}), "tiny-phi3") is None
