@@ -62,6 +62,8 @@ COVERED = {
     "dvc metrics diff HEAD~1": DVC_TEST,
     "az login": "not here: Azure ML needs a workspace and a network (documented as untested)",
     "modelmake build cache=azure cache.url=az://modelmake/cache": AZURE_CACHE,
+    "modelmake build data.path=az://team-data/travel.jsonl":
+        "tests/test_cache.py::test_data_from_blob_storage_is_keyed_by_content_and_refused_by_line",
     "export MODELMAKE_CACHE=az://modelmake/cache": AZURE_CACHE + " (sets $MODELMAKE_CACHE alone)",
     "modelmake build cache=azure cache.url=az://modelmake/cache cache.push=false":
         "tests/test_cache.py::test_a_pull_only_machine_publishes_nothing (on a folder cache)",
