@@ -28,6 +28,7 @@ from modelmake.core.errors import ModelmakeError
 from modelmake.core.lifecycle import die_with_parent
 from modelmake.core.locks import exclusive
 from modelmake.core.manifest import MANIFEST, file_hashes, verify
+from modelmake.core.owners import boot_id, node_name
 from modelmake.graph.nodes import Node
 
 # Bump by hand when what the runner writes into an artifact changes (manifest fields, metrics
@@ -106,8 +107,10 @@ def _build(node: Node, cfg, build: Build) -> None:
         }
         write_json(tmp / MANIFEST, manifest)
     log.info("%s: done in %.1f s -> %s", stage, time.perf_counter() - t0, node.path)
+    # where it ran: on a cluster, the SLURM node and job (the manifest's "host" is in no key)
     _journal({"stage": stage, "key": node.key, "started": started, "pid": os.getpid(),
-              "host": manifest["host"]})
+              "host": manifest["host"], "node": node_name(), "boot_id": boot_id(),
+              "slurm_job_id": os.environ.get("SLURM_JOB_ID")})
 
 
 def _journal(entry: dict) -> None:
