@@ -38,8 +38,8 @@ lint: install
 	VENV=$(VENV) bash .ci/lint
 
 ## cold / no-op / incremental timings of the build graph; sweep sharing and decode speed; the tiny
-## fixture and SmolLM2 side by side; faults survived; the same build through SLURM
-## (bench/cluster.py starts tests/cluster's one-node SLURM: root)
+## fixture and SmolLM2 side by side; faults survived; a LoRA sweep through SLURM on one node and two
+## (bench/cluster.py starts tests/cluster's two-node SLURM: root)
 bench: install
 	$(PY) bench/pipeline.py
 	$(PY) bench/sweep.py
