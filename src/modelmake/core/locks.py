@@ -255,7 +255,7 @@ def reap(pending: list[Path], watch: LeaseWatch, say: Say | None = None, rounds:
 
 
 def _say_stderr(item: Path, reason: str) -> None:
-    print(f"modelmake: removed {item} ({reason})", file=sys.stderr)
+    print(f"modelmake: removed {item} (left by a build that is no longer running: {reason})", file=sys.stderr)
 
 
 # --- the project lock: one per Snakemake run --------------------------------------------------
@@ -284,7 +284,7 @@ def recover(snakemake_dir: Path, artifacts: Path, say: Say | None = _say_stderr)
                 removed.append(d)
                 shutil.rmtree(d, ignore_errors=True)
                 if say:
-                    say(d, "left by a Snakemake run that is no longer running")
+                    say(d, "Snakemake's own records")
     # only what is provably dead goes, so this is safe beside live runs, on any host
     watch, pending = LeaseWatch(), []
     removed += sweep(artifacts, say=say, pending=pending, watch=watch)
