@@ -13,7 +13,7 @@
 # No slurmdbd/MariaDB: snakemake-executor-plugin-slurm 2.8.0 asks sacct for job states by
 # default, and sacct answers "accounting storage is disabled" without slurmdbd. Its
 # `status_command: squeue` setting avoids that; the plugin keeps squeue only while MinJobAge
-# >= 3 x init_seconds_before_status_checks, so finished jobs stay visible (MinJobAge=300 below).
+# >= 3 x init_seconds_before_status_checks, so finished jobs stay visible (MinJobAge below).
 # JobRequeue=0: a job whose node dies fails (NODE_FAIL) instead of running again elsewhere; a
 # plain rerun of the build carries on (what the node-loss test checks).
 set -euo pipefail
@@ -77,7 +77,8 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 # keep finished jobs in squeue/scontrol long enough for the executor's status checks (see above)
-MinJobAge=300
+# and for the tests and the bench to read where each job of a sweep ran (scontrol show job)
+MinJobAge=3600
 # start jobs promptly: the scheduler's overhead per job is what the cluster bench measures
 SchedulerParameters=sched_interval=1,bf_interval=1
 ReturnToService=2
