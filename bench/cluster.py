@@ -108,7 +108,11 @@ def main() -> None:
                      f"overhead {run['overhead_per_job_s']:.1f} s a job; no job running {run['no_job_running_s']:.1f} s"
                      + (f"; stages on both nodes: {', '.join(both)}" if both else "")])
     rows.append(["two nodes vs one", f"{summary['speed_up_two_vs_one']:.2f}x",
-                 "both nodes share this machine's 2 cores: no speed-up expected"])
+                 "one one-CPU node runs one job at a time (one of this machine's 2 cores), two run two: at most "
+                 "2x, as local --cores 2; no more cores than that"])
+    if min(one["overhead_per_job_s"], two["overhead_per_job_s"]) < 0:
+        rows.append(["note", "-", "a negative overhead: the machine's load changed between the runs (other work "
+                     "on its 2 cores); the time with no job running is the overhead figure to read"])
     title = f"SLURM, one node vs two (this machine), sweep lora.r={args.ranks}"
     table = md_table(["run", "wall", "jobs and overhead"], rows)
     print("\n".join([f"## {title}", "", table, ""]), file=sys.stderr if args.json else sys.stdout)
