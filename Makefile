@@ -40,8 +40,8 @@ lint: install
 
 ## cold / no-op / incremental timings of the build graph; sweep sharing and decode speed; the tiny
 ## fixture and SmolLM2 side by side; faults survived; the cache's clients and pull vs build (Azurite:
-## Node.js); the same build through SLURM (bench/cluster.py starts tests/cluster's SLURM: root).
-## Each writes its own section of bench/RESULTS.md.
+## Node.js); a LoRA sweep through SLURM on one node and two (bench/cluster.py starts tests/cluster's
+## two-node SLURM: root). Each writes its own section of bench/RESULTS.md.
 bench: install
 	$(PY) bench/pipeline.py
 	$(PY) bench/sweep.py

@@ -56,11 +56,12 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
 # --- timed commands ----------------------------------------------------------------------------
 
 def timed(project: Path, *args: str, timeout: int = 900, what: str | None = None,
-          tail: int = 3000) -> tuple[float, str]:
-    """Wall seconds of a command run in `project` (that copy's modelmake, this venv's tools) and
-    its output (stdout + stderr); exits the bench, with the end of its stderr, when it fails."""
+          tail: int = 3000, env: dict | None = None) -> tuple[float, str]:
+    """Wall seconds of a command run in `project` (that copy's modelmake, this venv's tools; `env`
+    added to the environment) and its output (stdout + stderr); exits the bench, with the end of
+    its stderr, when it fails."""
     t0 = time.perf_counter()
-    r = run(project, *args, timeout=timeout)
+    r = run(project, *args, timeout=timeout, env=env)
     dt = time.perf_counter() - t0
     if r.returncode != 0:
         sys.exit(f"{what or ' '.join(args)} failed:\n{r.stderr[-tail:]}")

@@ -5,8 +5,9 @@ import sys
 from pathlib import Path
 
 from modelmake.core.errors import ModelmakeError
-from modelmake.core.lifecycle import PARENT_ENV
+from modelmake.core.lifecycle import PARENT_ENV, PARENT_HOST_ENV
 from modelmake.core.locks import recover
+from modelmake.core.owners import host_id
 from modelmake.graph.cache import CacheError
 from modelmake.graph.cache import setting as cache_setting
 from modelmake.graph.cache import store as cache_store
@@ -38,12 +39,14 @@ if CACHE is not None:
         CACHED = {(n.stage, n.key) for n in PLAN.nodes.values()
                   if RECIPE.spec(n.stage).shared and f"{n.stage}/{n.digest}" in _listed}
 
-# Resume after any crash with no flags: if no other run holds the project lock, what dead runs left
-# (Snakemake's locks and incomplete markers, temporary folders) goes; this run then holds the lock
-# shared for its life. Stages watch this process and die with it (lifecycle.die_with_parent).
-for _left in recover(Path(".snakemake"), Path(ART)):
-    print(f"modelmake: removed {_left} (left by a build that is no longer running)", file=sys.stderr)
+# Resume after any crash with no flags: what dead runs left goes (Snakemake's locks and incomplete
+# markers if no other run holds the project lock; temporary folders, lock files and scratch folders
+# whose owner is provably dead, on this host or another: core.locks.recover prints each with the
+# proof); this run then holds the project lock shared for its life. Stages watch this process and
+# die with it (lifecycle.die_with_parent), where it runs on their host.
+recover(Path(".snakemake"), Path(ART))
 os.environ[PARENT_ENV] = str(os.getpid())
+os.environ[PARENT_HOST_ENV] = host_id()
 PY = sys.executable  # the environment snakemake runs in runs the stages too
 
 def node(stage, wildcards):

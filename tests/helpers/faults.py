@@ -33,7 +33,8 @@ def start(project: Path, args: list[str], log: Path, env: dict | None = None) ->
 
 
 def temporaries(project: Path, stage: str) -> set[Path]:
-    return set((project / "artifacts" / stage).glob(f".*{TMP_MARK}*"))
+    """A stage's temporary folders (not their owner records beside them: `leftovers` counts those)."""
+    return {p for p in (project / "artifacts" / stage).glob(f".*{TMP_MARK}*") if p.is_dir()}
 
 
 def leftovers(project: Path) -> list[Path]:

@@ -3,9 +3,10 @@
 A crash or a refusal leaves no folder that could be mistaken for a finished one: the final path
 either does not exist or holds everything, manifest included (the manifest is the file target
 the build graph waits for, written last inside the temporary folder). The temporary folder is
-flocked while it is written, so the next build can tell a dead build's leftovers (removed, see
-locks.sweep) from a live one's. Finished files are read-only; modes follow the umask (mkdtemp and
-mkstemp alone would give 0700 / 0600 whatever it says).
+flocked while it is written and has its owner's record beside it (`<folder>.owner`, created first
+and removed last: core.owners), so the next build, on this host or another, can tell a dead
+build's leftovers (removed, see locks.sweep) from a live one's. Finished files are read-only;
+modes follow the umask (mkdtemp and mkstemp alone would give 0700 / 0600 whatever it says).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from modelmake.core import owners
 from modelmake.core.locks import SCRATCH_PREFIX, TMP_MARK, lock_dir, make_writable
 
 
@@ -44,13 +47,34 @@ def finish_modes(tree: Path) -> None:
             os.chmod(p, 0o444 & ~mask)
 
 
+def owned_folder(parent: Path, prefix: str, what: str) -> tuple[Path, owners.Owned]:
+    """A new folder `parent/prefix<random>` (mode 0700, as mkdtemp) whose owner record
+    `<folder>.owner` exists before it: no folder is ever seen without its owner."""
+    for _ in range(100):
+        path = Path(parent) / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            owned = owners.claim(owners.owner_path(path), what)
+        except FileExistsError:
+            continue
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            owned.release()
+            continue
+        except BaseException:
+            owned.release()
+            raise
+        return path, owned
+    raise FileExistsError(f"no free temporary name {prefix}* in {parent}")
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder next to `final`; on success replace `final` with it."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{TMP_MARK}", dir=final.parent))
-    fd = lock_dir(tmp)  # while held, no other build takes this folder for a dead one's
+    tmp, owned = owned_folder(final.parent, f".{final.name}{TMP_MARK}", "temporary folder")
+    fd = lock_dir(tmp)  # while held, no other build of this host takes this folder for a dead one's
     try:
         yield tmp
         finish_modes(tmp)
@@ -65,19 +89,22 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
         raise
     finally:
         os.close(fd)
+        owned.release()  # the record goes last: the folder is renamed into place or removed
 
 
 @contextlib.contextmanager
 def scratch_dir(name: str) -> Iterator[Path]:
-    """A flocked scratch folder under the system temp dir, removed after (or by the next build if
-    this process is killed: locks.sweep takes unlocked `modelmake-scratch-*` folders)."""
-    path = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{name}-"))
+    """A flocked scratch folder under the system temp dir, with its owner record beside it, removed
+    after (or by the next build on this host if this process is killed: locks.sweep takes
+    `modelmake-scratch-*` folders whose owner is dead)."""
+    path, owned = owned_folder(Path(tempfile.gettempdir()), f"{SCRATCH_PREFIX}{name}-", "scratch folder")
     fd = lock_dir(path)
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
         os.close(fd)
+        owned.release()
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

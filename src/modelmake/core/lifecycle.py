@@ -4,7 +4,8 @@ Snakemake runs each stage as `bash -c "... python -m modelmake stage <name>"`. A
 Snakemake, bash and the stage ran on as orphans, writing an artifact nobody waits for. So a stage:
 - asks the kernel for SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG),
 - watches the Snakemake process itself (MODELMAKE_PARENT_PID, set by the workflow as it loads),
-  since bash, its direct parent, outlives Snakemake;
+  since bash, its direct parent, outlives Snakemake; only where that pid means that process
+  (MODELMAKE_PARENT_HOST: the same boot and PID namespace), never a pid of another host's;
 - turns SIGTERM into SystemExit, so the temporary folder and the scratch folders are removed on
   the way out (atomic_dir, scratch_dir), as on any other failure.
 """
@@ -19,7 +20,10 @@ import sys
 import threading
 import time
 
+from modelmake.core.owners import host_id
+
 PARENT_ENV = "MODELMAKE_PARENT_PID"
+PARENT_HOST_ENV = "MODELMAKE_PARENT_HOST"  # owners.host_id() of the process PARENT_ENV names
 PR_SET_PDEATHSIG = 1
 
 
@@ -57,6 +61,9 @@ def die_with_parent(poll_s: float = 0.5) -> None:
     pdeathsig()
     parent = os.environ.get(PARENT_ENV)
     if not parent or not parent.isdigit() or int(parent) == os.getpid():
+        return
+    where = os.environ.get(PARENT_HOST_ENV)
+    if where and where != host_id():  # a pid of another host (a submit host's, seen on a node)
         return
     pid = int(parent)
     if not _alive(pid):  # the build is already gone

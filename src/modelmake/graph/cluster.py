@@ -39,3 +39,37 @@ def cap_status_interval(seconds: float) -> str:
 
     Executor.next_seconds_between_status_checks = property(prop.fget, capped)
     return f"SLURM job states checked at least every {seconds:g} s (resources.slurm_status_max_s)"
+
+
+# --- a failed job, in SLURM's own words ------------------------------------------------------------
+NODE_LOST = {"NODE_FAIL", "BOOT_FAIL"}
+
+
+def slurm_job_record(job_id: str) -> dict | None:
+    """`scontrol show job JOB` as a dict (JobState, NodeList, Reason, ...); None where SLURM cannot
+    say (no scontrol, the controller unreachable, the job long purged)."""
+    import subprocess
+
+    try:
+        r = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if r.returncode != 0:
+        return None
+    return dict(kv.split("=", 1) for kv in r.stdout.split() if "=" in kv)
+
+
+def explain_job(job_id: str) -> str | None:
+    """One line on where and how a SLURM job ended, naming its node: what a failed stage's message
+    leads with when its job ran on a cluster."""
+    rec = slurm_job_record(job_id)
+    if rec is None:
+        return None
+    state, node = rec.get("JobState", "UNKNOWN"), rec.get("NodeList") or rec.get("BatchHost") or "?"
+    line = f"SLURM job {job_id} ended {state} on node {node}"
+    if state in NODE_LOST:
+        line += (" (the node was lost: the job's processes are gone with it; nothing it wrote counts as built, "
+                 "and the next build removes its temporary folder)")
+    elif rec.get("Reason") not in (None, "None"):
+        line += f" ({rec['Reason']})"
+    return line

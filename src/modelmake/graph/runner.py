@@ -30,6 +30,7 @@ from modelmake.core.errors import ModelmakeError
 from modelmake.core.lifecycle import die_with_parent
 from modelmake.core.locks import exclusive
 from modelmake.core.manifest import MANIFEST, file_hashes, verify
+from modelmake.core.owners import boot_id, node_name
 from modelmake.graph.cache import setting as cache_setting
 from modelmake.graph.nodes import Node
 
@@ -185,11 +186,13 @@ def _build(node: Node, cfg, build: Build) -> None:
         write_json(tmp / MANIFEST, node.provenance() | {"files": file_hashes(tmp), "metrics": metrics})
     seconds = time.perf_counter() - t0
     log.info("%s: done in %.1f s -> %s", stage, seconds, node.path)
+    # where it ran (on a cluster: the SLURM node and job), how long, what it measured: the journal's
     journal.append({"action": "build", "stage": stage, "key": node.key, "started": started,
-                    "seconds": round(seconds, 3),
-              "pid": os.getpid(), "host": socket.gethostname(), "peak_rss_bytes": peak_rss_bytes(),
-              "platform": platform.platform(), "python": sys.version.split()[0],
-              "model": str(cfg.model.name) if cfg is not None else None, "measured": measured})
+                    "seconds": round(seconds, 3), "pid": os.getpid(), "host": socket.gethostname(),
+                    "node": node_name(), "boot_id": boot_id(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                    "peak_rss_bytes": peak_rss_bytes(), "platform": platform.platform(),
+                    "python": sys.version.split()[0], "model": str(cfg.model.name) if cfg is not None else None,
+                    "measured": measured})
 
 
 def peak_rss_bytes() -> int:

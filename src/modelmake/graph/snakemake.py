@@ -17,6 +17,7 @@ from pathlib import Path
 
 from modelmake.core import journal
 from modelmake.core.paths import ROOT
+from modelmake.graph.cluster import NODE_LOST, explain_job
 from modelmake.graph.overrides import OVERRIDES_KEY
 
 
@@ -49,12 +50,25 @@ def snakemake_command(overrides, extra=()) -> list[str]:
 
 def failures(output: str) -> list[tuple[str, str | None]]:
     """(rule, log path) of each failed job in Snakemake's output."""
+    return [(rule, log) for rule, log, _ in failed_jobs(output)]
+
+
+def failed_jobs(output: str) -> list[tuple[str, str | None, str | None]]:
+    """(rule, the stage's log path, its SLURM job id or None) of each failed job in Snakemake's
+    output. A SLURM job's block lists the stage log first, then the job log."""
     found = []
     for block in re.split(r"^(?=Error in rule )", output, flags=re.M)[1:]:
         rule = re.match(r"Error in rule (\w+):", block).group(1)
-        log = re.search(r"^\s+log: (\S+)", block, flags=re.M)
-        found.append((rule, log.group(1) if log else None))
+        log = re.search(r"^\s+log: (.+?)(?: \(check log file|$)", block, flags=re.M)
+        first = log.group(1).split(", ")[0].strip() if log else None
+        job = re.search(r"^\s+external_jobid: (\d+)|SLURM-job '(\d+)'", block, flags=re.M)
+        found.append((rule, first, next((g for g in job.groups() if g), None) if job else None))
     return found
+
+
+def job_logs(output: str) -> dict[str, str]:
+    """SLURM job id -> its job log, from the executor's submission lines."""
+    return dict(re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.", output))
 
 
 def reason(log: Path, max_lines: int = 6) -> str:
@@ -242,22 +256,34 @@ def run_snakemake(cmd: list[str], cwd: Path = ROOT, view: QuietView | None = Non
             sink.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    where = f"\n  Snakemake's whole output: {full_log.relative_to(cwd)}" if full_log else ""
+    whole = f"\n  Snakemake's whole output: {full_log.relative_to(cwd)}" if full_log else ""
     if stopped:
         name = signal.Signals(stopped[0]).name
         print(f"modelmake: stopped by {name}: the running stages were ended and their temporary folders "
-              f"removed; the same command resumes the build{where}", file=sys.stderr)
+              f"removed; the same command resumes the build{whole}", file=sys.stderr)
         return 128 + stopped[0]
     if rc != 0:
-        found = failures("".join(seen))
+        out = "".join(seen)
+        logs = job_logs(out)
+        found = failed_jobs(out)
         if not found and view is not None:  # not a stage's failure: Snakemake's own words, briefly
             tail = [line.rstrip() for line in seen if line.strip() and not NOISE.match(line.rstrip())][-8:]
             print("\n".join(tail), file=sys.stderr)
-        for rule, log in found:
+        for rule, log, job in found:
             why = reason(Path(cwd) / log) if log else "(no log)"
-            print(f"modelmake: {rule} failed: {why}" + (f"\n  log: {log}" if log else ""), file=sys.stderr)
-        if where:
-            print(where.lstrip("\n"), file=sys.stderr)
+            where = explain_job(job) if job else None
+            if where and any(s in where for s in NODE_LOST):
+                why = where  # the stage was killed with its node: its log stops mid-way
+            elif where:
+                why = f"{why} [{where}]"
+            lines = [f"modelmake: {rule} failed: {why}"]
+            if log:
+                lines.append(f"  log: {log}")
+            if job and job in logs:
+                lines.append(f"  job log: {logs[job]}")
+            print("\n".join(lines), file=sys.stderr)
+        if whole:
+            print(whole.lstrip("\n"), file=sys.stderr)
     return rc
 
 
