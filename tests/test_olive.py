@@ -294,6 +294,8 @@ def test_the_lab_commands_translate_to_what_a_user_would_type(files):
     assert keys(mapped.overrides()) == keys(typed_lab(files))
     line = olive.build_line(mapped)
     assert line[:4] == ["modelmake", "build", "--until", "adapter"]
+    packing = next(r for r in mapped.rows if "strategy (not set" in r.origin)  # Olive's default: join
+    assert packing.status == olive.DIFFERS and "response only" in packing.note
     origins = " ".join(r.origin for r in mapped.rows)
     for cmd in LAB:  # every flag the user typed has its row
         for word in cmd:
@@ -433,6 +435,10 @@ def test_epochs_become_steps_from_the_training_split(files):
     records = read_records(files / "data" / "data_sample_travel.jsonl", ["prompt", "response"])
     train, _ = split(records, records, 0.1, 0)  # the dataset stage's split (data.eval_fraction, data.seed)
     assert m.values["train.steps"] == 2 * -(-len(train) // 4)  # 2 epochs x ceil(records / (batch 2 x accum 2))
+    del args["num_train_epochs"]  # neither: Transformers' 3 epochs
+    m = olive.map_config(tree, "c.json", olive.Options(base=files))
+    assert m.values["train.steps"] == 3 * -(-len(train) // 4)
+    assert any(r.status == olive.DEFAULT and "num_train_epochs 3" in r.note for r in m.rows)
 
 
 def test_eval_split_from_a_record_count_and_from_a_train_slice(files):

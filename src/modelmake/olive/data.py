@@ -8,6 +8,7 @@ from pathlib import Path
 
 from modelmake.core.errors import ModelmakeError
 from modelmake.core.paths import ROOT
+from modelmake.olive.document import show
 from modelmake.olive.settings import ADDED, DEFAULT, DIFFERS, NOT_TAKEN, TAKEN
 from modelmake.olive.tables import integer
 
@@ -25,13 +26,17 @@ class DataMapping:
                     for i, v in enumerate(dc)]
         return []
 
-    def find_data(self, ref_path: tuple) -> tuple | None:
+    def find_data(self, ref_path: tuple, note: str, status: str = TAKEN) -> tuple:
+        """The data config a pass names (by name or dict key, or inline), with the row of the reference."""
         ref = self.doc.get(ref_path)
         if isinstance(ref, dict):  # inline
+            if "name" in ref:
+                self.row((*ref_path, "name"), status, note=note)
             return ref_path
         configs = self.data_configs()
         for path, name in configs:
             if ref in (name, path[-1]):
+                self.row(ref_path, status, note=note)
                 return path
         if len(configs) == 1:  # the guide's pass names "dataset_default_train", its dict key "dataset-default_train"
             self.row(ref_path, DIFFERS, note=f"names no data config; the only one ({configs[0][1]}) is taken")
@@ -59,8 +64,7 @@ class DataMapping:
         ref = (*p, "train_data_config")
         if not doc.has(ref):
             raise doc.refuse(p, "a fine-tuning pass without train_data_config")
-        dc = self.find_data(ref)
-        self.row(ref, TAKEN, note="the fine-tuning data")
+        dc = self.find_data(ref, "the fine-tuning data")
         self.check_code(dc)
         for comp in ("load_dataset_config", "pre_process_data_config"):
             if doc.has((*dc, comp, "type")):
@@ -194,14 +198,16 @@ class DataMapping:
             template = " ".join("{" + c + "}" for c in cols)  # Olive joins text_cols with a space
             self.set_template(cols_at, template, note_extra=" (Olive's default text_cols ['text'])"
                               if cols_at is None else " (text_cols joined with a space, as Olive does)")
-        for key in ("dataset_type", "corpus_strategy", "strategy"):
-            if (q := find(pre, key)) is not None:
-                v = doc.get(q)
-                packs = str(v).startswith("join") or v == "corpus"
-                self.row(q, DIFFERS, note=(
-                    "Olive packs the records into max_seq_len-token blocks and trains on the whole text, prompts "
-                    "included; modelmake trains one record per sequence, the loss on the response only"
-                    if packs else "Olive trains on each record's whole text; modelmake on the response only"))
+        packs = ("Olive packs the records into max_seq_len-token blocks and trains on the whole text, prompts "
+                 "included; modelmake trains one record per sequence, the loss on the response only")
+        strategies = [q for q in (find(pre, k) for k in ("dataset_type", "corpus_strategy", "strategy")) if q]
+        for q in strategies:
+            v = doc.get(q)
+            self.row(q, DIFFERS, note=packs if str(v).startswith("join") or v == "corpus" else
+                     "Olive trains on each record's whole text; modelmake on the response only")
+        if not strategies:  # olive/data/component/text_generation.py TextGenParams: strategy defaults to join
+            self.row(None, DIFFERS, origin=f"{show(pre[0])}.strategy (not set: Olive's default 'join')",
+                     near=pre[0], note=packs)
         if (q := find(pre, "max_seq_len", "source_max_len")) is not None:
             self.row(q, DIFFERS, {"train.max_seq_len": self.convert(q, doc.get(q), integer)},
                      "modelmake truncates each record to it (Olive's join cuts the packed text into blocks of it)")
@@ -239,6 +245,8 @@ class DataMapping:
         size_at = (*p, "eval_dataset_size")
         if doc.has(size_at):
             size = doc.get(size_at)
+            if isinstance(size, bool):
+                raise doc.refuse(size_at, f"must be a fraction in (0, 1) or a record count, got {size!r}")
             if isinstance(size, float) and 0 < size < 1:
                 self.row(size_at, TAKEN, {"data.eval_fraction": size})
             elif isinstance(size, int) and size >= 1:
@@ -251,9 +259,8 @@ class DataMapping:
                 raise doc.refuse(size_at, f"must be a fraction in (0, 1) or a record count, got {size!r}")
         ev = (*p, "eval_data_config")
         if doc.has(ev):
-            other = self.find_data(ev)
-            self.row(ev, DIFFERS, note="modelmake evaluates on its held-out split of the training file "
-                     "(data.eval_fraction)")
+            other = self.find_data(ev, "modelmake evaluates on its held-out split of the training file "
+                                   "(data.eval_fraction)", DIFFERS)
             if other != dc:
                 self.row(other, NOT_TAKEN, note="an evaluation data config: modelmake holds out data.eval_fraction")
 

@@ -45,7 +45,7 @@ def experiment_text(name: str, mapped: Mapped, command: str) -> str:
     until = f"\n#   modelmake build --until {mapped.until} experiment={name}   (stops where the Olive workflow ends)" \
         if mapped.until and mapped.until != "register" else ""
     lines = ["# @package _global_",
-             f"# Imported from an Olive workflow by `{command}`:",
+             f"# Imported from an Olive workflow by `{command}`:".replace("\n", "\\n"),
              f"#   modelmake build experiment={name}{until}",
              "# Each setting names the Olive setting it came from; `modelmake olive import` printed every setting",
              "# of the config and what became of it (summarized at the end)."]

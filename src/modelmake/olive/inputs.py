@@ -76,7 +76,7 @@ class InputMapping:
             self.row(where, TAKEN, {"model": "phi35_mini", "model.source": project_path(folder), "model.revision": None,
                                     "model.name": folder.name.lower()},
                      "a local Hugging Face folder (keyed by the sha256 of its files; model=phi35_mini is modelmake's "
-                     "pretrained-model group)")
+                     "pretrained-model group)" + ("; --revision does not apply" if self.opt.revision else ""))
             return
         if not HUB_ID.match(value):
             raise self.doc.refuse(where, f"{value}: neither a model folder (looked in {self.opt.base}) nor a hub id")
@@ -94,7 +94,7 @@ class InputMapping:
         cmd = (f"az ml model download --name {name} --version {version} --registry-name {registry} "
                f"--download-path {folder}")
         self.row(where, DIFFERS, {"model": "phi35_mini", "model.source": folder, "model.revision": None,
-                                  "model.name": name.lower()},
+                                  "model.name": name.split("/")[-1].lower()},
                  f"an Azure ML registry model (documented, untested): download it first ({cmd}) and point "
                  "model.source at the folder that holds its config.json")
         self.warnings.append(f"{self.doc.label(where)}: Azure ML registry model {registry}/{name}:{version}: "

@@ -76,21 +76,20 @@ class PassMapping:
         def at(key):
             return next(((*s, key) for s in scopes if doc.has((*s, key))), None)
 
-        steps_at = at("max_steps")
-        if (q := at("num_train_epochs")) is not None:
-            epochs = self.convert(q, doc.get(q), number)
-            if steps_at is not None:
-                self.row(q, NOT_TAKEN, note="max_steps is set: Transformers trains max_steps and ignores the epochs")
+        steps_at, epochs_at = at("max_steps"), at("num_train_epochs")
+        if epochs_at is not None and steps_at is not None:
+            self.row(epochs_at, NOT_TAKEN, note="max_steps is set: Transformers trains max_steps, not the epochs")
+        elif steps_at is None:  # epochs (Transformers' default 3) as optimizer steps over the training split
+            epochs = self.convert(epochs_at, doc.get(epochs_at), number) if epochs_at else 3
+            n = self.train_records()
+            batch = self.values.get("train.batch_size", 8) * self.values.get("train.grad_accum_steps", 1)
+            became = {"train.steps": max(1, math.ceil(epochs * math.ceil(n / batch)))}
+            why = f"{epochs} epochs x ceil({n} training records / {batch} per step): modelmake counts steps"
+            if epochs_at:
+                self.row(epochs_at, DIFFERS, became, why)
             else:
-                n = self.train_records()
-                batch = self.values.get("train.batch_size", 8) * self.values.get("train.grad_accum_steps", 1)
-                total = max(1, math.ceil(epochs * math.ceil(n / batch)))
-                self.row(q, DIFFERS, {"train.steps": total}, f"{epochs} epochs x ceil({n} training records / {batch} "
-                         "per step): modelmake counts steps")
-        elif steps_at is None:
-            self.row(None, DIFFERS, origin=f"{show(scopes[0])}.max_steps (not set)", near=scopes[0],
-                     note="neither max_steps nor num_train_epochs: Transformers trains 3 epochs; modelmake trains "
-                     "train.steps (100)")
+                self.row(None, DEFAULT, became, "not set: Transformers' default num_train_epochs 3; " + why,
+                         origin=f"{show(scopes[0])}.num_train_epochs", near=scopes[0])
         if (q := at("warmup_ratio")) is not None and self.values.get("train.warmup_steps"):
             self.row(q, NOT_TAKEN, note="warmup_steps is set: Transformers uses it and ignores the ratio")
         elif q is not None or at("warmup_steps") is None:
