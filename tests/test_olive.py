@@ -41,7 +41,9 @@ def conf(copy, monkeypatch) -> Path:
 
     monkeypatch.setattr(config, "CONF_DIR", copy / "conf")
     monkeypatch.setattr(checks, "need_runtime", lambda provider: None)
-    return copy / "conf"
+    config.compose.cache_clear()
+    yield copy / "conf"
+    config.compose.cache_clear()  # no config composed without the runtime check outlives the test
 
 
 @pytest.fixture(scope="module")
@@ -308,6 +310,11 @@ def test_each_lab_command_alone(files):
     q = olive.translate_commands([LAB[0]], olive.Options(base=files))
     assert q.until == "quantize" and q.values["quantize.group_size"] == 128
     assert keys(q.overrides())["quantize"] == keys(typed_lab(files))["quantize"]
+    q = olive.translate_commands([[*LAB[0], "--data_name", "json", "--data_files", "data/data_sample_travel.jsonl"]],
+                                 olive.Options(base=files))
+    calib = [r for r in q.rows if r.origin.startswith("olive quantize --data")]
+    assert len(calib) == 2 and all("calibrates on the training split" in r.note for r in calib)
+    assert "data.path" not in q.values  # AWQ's calibration data is not the fine-tuning data
     ft = ["olive", "finetune", "--model_name_or_path", "microsoft/Phi-3.5-mini-instruct", *LAB[1][6:]]
     f = olive.translate_commands([ft], olive.Options(base=files))
     assert f.until == "finetune" and f.values["quantize"] == "awq_g64"  # modelmake quantizes first
@@ -546,6 +553,17 @@ def test_hub_dataset_and_json_array_are_refused(conf, files):
     (files / "array.json").write_text(json.dumps([{"prompt": "a", "response": "b"}]))
     tree["data_configs"][0]["load_dataset_config"] = {"data_name": "json", "data_files": "array.json"}
     refused(conf, write(files, "arr.json", tree), "olive_arr", "one JSON array: modelmake reads JSON Lines")
+
+
+def test_the_name_defaults_to_the_workflow_id_or_the_file_name(conf, files):
+    path, _ = olive.import_config(write(files, "my config.v2.json", current()), None, olive.Options(), "x",
+                                  conf_dir=conf)
+    assert path.name == "my_config_v2.yaml"
+    tree = current() | {"workflow_id": "phi3-travel"}
+    path, _ = olive.import_config(write(files, "w.json", tree), None, olive.Options(), "x", conf_dir=conf)
+    assert path.name == "phi3-travel.yaml"
+    with pytest.raises(ModelmakeError, match="--name 'a/b': letters, digits"):
+        olive.import_config(write(files, "w.json", tree), "a/b", olive.Options(), "x", conf_dir=conf)
 
 
 def test_an_existing_experiment_is_not_replaced_unless_forced(conf, files):

@@ -152,8 +152,6 @@ QUANT_PASS = {"gptq": "GptqQuantizer", "rtn": "Rtn", "hqq": "OnnxHqqQuantization
 
 def training_argument(name: str) -> bool:
     """A transformers.TrainingArguments field: `olive finetune` passes unknown flags to Transformers."""
-    import dataclasses
-
     from transformers import TrainingArguments
 
     return name in {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
@@ -308,16 +306,18 @@ def translate_commands(commands: list[list[str]], options: Options, where: str =
                 converted = spec.convert(value)
             except ValueError as e:
                 raise ModelmakeError(f"{here}: olive {sub} {name} {value!r}: {e}") from None
-            if tree_get(tree, spec.path) is not None and spec.path in labels:  # an earlier command's, replaced
-                rows.append(Row(labels[spec.path], MISSING, [], NOT_TAKEN, f"replaced by olive {sub} {name}",
-                                orders[spec.path]))
-            put(spec.path, converted, label(name, value))
+            path = where_in_config(sub, spec.path)
+            if tree_get(tree, path) is not None and path in labels:  # an earlier command's, replaced
+                rows.append(Row(labels[path], MISSING, [], NOT_TAKEN, f"replaced by olive {sub} {name}",
+                                orders[path]))
+            put(path, converted, label(name, value))
         data = any(flags.get(k, Flag(None)).path and flags[k].path[:2] == DATA for k in given)
         for name, spec in flags.items():  # the defaults Olive's CLI writes into its config
-            if spec.default is MISSING or not spec.path or tree_get(tree, spec.path) is not None \
-                    or (spec.path[:2] == DATA and not data):
+            if spec.default is MISSING or not spec.path or (spec.path[:2] == DATA and not data) \
+                    or tree_get(tree, where_in_config(sub, spec.path)) is not None:
                 continue
-            put(spec.path, spec.default, f"olive {sub} (default {name} {short(spec.default, 30)})")
+            put(where_in_config(sub, spec.path), spec.default, f"olive {sub} (default {name} "
+                f"{short(spec.default, 30)})")
         if sub == "finetune":
             put((*DATA, "name"), "train_data", f"olive {sub} (its data config)")
             put((*F, "train_data_config"), "train_data", f"olive {sub} (the pass's data)")
@@ -341,6 +341,11 @@ def translate_commands(commands: list[list[str]], options: Options, where: str =
     mapped.until = max([*stages, *([mapped.until] if mapped.until else [])], key=STAGE_ORDER.index)
     mapped.rows = sorted(rows + mapped.rows, key=lambda r: r.order)
     return mapped
+
+
+def where_in_config(sub: str, path: tuple) -> tuple:
+    """`olive quantize`'s dataset is AWQ's calibration data, not the fine-tuning data of a later finetune."""
+    return ("calibration_data", *path[2:]) if sub == "quantize" and path[:2] == DATA else path
 
 
 def tree_get(tree, path):

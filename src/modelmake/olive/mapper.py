@@ -49,7 +49,8 @@ class Mapper(InputMapping, DataMapping, PassMapping):
         became = became or {}
         for k, v in became.items():
             self.values[k] = v
-            self.origins[k] = origin or (self.doc.label(path) if path else "")
+            self.origins[k] = (origin or (self.doc.label(path) if path else "")) + \
+                (" (not set: Olive's default)" if status == DEFAULT and "(not set" not in (origin or "") else "")
         if path is not None:
             got = self.doc.take(path, MISSING)
             value = got if value is MISSING and not self.doc.flag(path) else value

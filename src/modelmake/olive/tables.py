@@ -209,6 +209,8 @@ REASONS = {
     "input_model_dtype": "modelmake calibrates in the model's dtype (model.dtype for a GGUF)",
     "pack_model": "modelmake's AWQ writes packed GEMM weights", "disable_search_for_pass": "Olive's search",
     "chat_template": "off: the text template renders the records",
+    "calibration_data": "AWQ's calibration data: modelmake calibrates on the training split of data.path "
+                        "(quantize.calib_samples records)",
     "hf_token": "modelmake reads a hub token from the environment (HF_TOKEN), never from config",
     "systems": "a system the workflow does not run its output on (modelmake runs where Snakemake runs: here, "
                "or --profile slurm)",
@@ -219,7 +221,14 @@ REASONS = {
 }
 
 
+# Sections whose every setting shares the section's reason
+SECTIONS = ("calibration_data", "evaluators", "search_strategy", "packaging_config", "cache_config",
+            "auto_optimizer_config", "azureml_client")
+
+
 def reason(path: tuple) -> str:
+    if path and path[0] in SECTIONS:
+        return REASONS[path[0]]
     names_ = [str(p) for p in path if not isinstance(p, int)]
     for parent in names_[:-1]:
         if f"{parent}.{names_[-1]}" in REASONS:
