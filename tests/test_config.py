@@ -66,11 +66,19 @@ def test_every_config_file_opens_with_a_comment_or_defaults():
     ("data.path=data/nope.jsonl", "data.path"),
     ("train.weight_decay=-1", "train.weight_decay"),   # torch refused it 16 s into finetune
     ("train.warmup_steps=-5", "train.warmup_steps"),   # was accepted
+    ("train.grad_accum_steps=0", "train.grad_accum_steps"),
+    ("train.grad_accum_steps=1.5", "train.grad_accum_steps"),
+    ("train.max_grad_norm=0", "train.max_grad_norm"),  # null is how to say "no clipping"
+    ("train.max_grad_norm=-1", "train.max_grad_norm"),
 ])
 def test_bad_config_is_refused_naming_the_field(override, field):
     with pytest.raises(ModelmakeError) as e:
         build_plan(overrides=[override])
     assert field.split(".")[-1] in str(e.value)
+
+
+def test_no_gradient_clipping_is_null():
+    assert compose(("train.max_grad_norm=null",)).train.max_grad_norm is None
 
 
 @pytest.mark.parametrize("value,why", [("art/{key}", "holds ['{', '}']"), ("art\nx", "holds ['\\n']"),

@@ -4,7 +4,8 @@
     data | models | graph     records and templates | model knowledge | the build-graph machinery
     stages          one module per stage
     recipe          the stage table and its checks
-    search, cli     what users run (the CLI above the search it offers; `python -m modelmake` above both)
+    search, olive   what users run beside the CLI: the Optuna search, the Olive import and translation
+    cli             `modelmake` (above the search and the Olive import it offers; `python -m modelmake` above it)
 
 `graph` is machinery: it imports `core` alone, so no stage or model code can reach it (and no
 code key needs to follow it). Imports inside functions count as much as top-level ones.
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "modelmake"
-LAYER = {"core": 1, "data": 2, "models": 2, "graph": 2, "stages": 3, "recipe": 4, "search": 5, "cli": 6,
+LAYER = {"core": 1, "data": 2, "models": 2, "graph": 2, "stages": 3, "recipe": 4, "search": 5, "olive": 5, "cli": 6,
          "__main__": 7}
 MAY_IMPORT = {  # beyond its own package, a package imports only these
     "core": set(), "data": {"core"}, "models": {"core"}, "graph": {"core"},

@@ -1,6 +1,6 @@
 """`modelmake`: the build graph with Hydra override syntax, and the recipe's try-it step.
 
-  modelmake build [--profile slurm] [overrides...] [-- snakemake args]   e.g. modelmake build lora.r=8,16
+  modelmake build [--profile slurm] [--until STAGE] [overrides...] [-- snakemake args]  e.g. lora.r=8,16
   modelmake plan  [overrides...]                        keys, paths and what is built
   modelmake generate --prompt "..." [--model DIR] [--adapter FILE] [overrides...]
   modelmake explain ARTIFACT [--verify]                 how it was made, back to the data
@@ -10,6 +10,8 @@
   modelmake status                                      what the running builds are doing, with the time left
   modelmake cache status|push|pull [--until S] [overrides...]   the shared cache (docs/cache.md)
   modelmake cache gc --older-than 30d                   remove old entries no release names
+  modelmake olive import CONFIG.json [--name NAME]      an Olive workflow config -> conf/experiment/NAME.yaml
+  modelmake olive translate [--run] -- olive CMD ARGS   olive commands -> the equivalent modelmake build line
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ def cmd_build(args) -> int:
 
     plan = build_plan(overrides=args.overrides)  # refuse a bad config before Snakemake starts
     extra = list(args.snakemake)
+    if getattr(args, "until", None):  # that stage and what it needs (targets go before --config)
+        if args.until not in [s.name for s in RECIPE.stages]:
+            raise ModelmakeError(f"--until {args.until}: no such stage ({', '.join(s.name for s in RECIPE.stages)})")
+        extra = plan.targets(args.until) + extra
     if args.profile:
         # a workflow profile replaces profiles/default (which is why profiles/slurm repeats its settings)
         profile = ROOT / "profiles" / args.profile
@@ -288,6 +294,52 @@ def cmd_gc(args) -> int:
     return 0
 
 
+def olive_options(args, base: Path):
+    from modelmake.olive import Options
+
+    return Options(base=base, model=args.model, revision=args.revision, trust_remote_code=args.trust_remote_code,
+                   response_marker=args.response_marker, cpu=args.cpu, strict=args.strict)
+
+
+def cmd_olive(args) -> int:
+    import shlex
+
+    from modelmake import olive
+
+    if args.olive_command == "import":
+        config = Path(args.config) if Path(args.config).is_absolute() else args.cwd / args.config
+        command = "modelmake " + shlex.join(args.argv)
+        path, mapped = olive.import_config(config, args.name, olive_options(args, Path(".")), command,
+                                           force=args.force)
+        print(olive.table(mapped))
+        for w in mapped.warnings:
+            print(f"modelmake: warning: {w}", file=sys.stderr)
+        print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}: "
+              f"modelmake build experiment={path.stem}")
+        return 0
+    if args.script:
+        script = Path(args.script) if Path(args.script).is_absolute() else args.cwd / args.script
+        commands, skipped = olive.script_commands(script)
+        if args.snakemake:
+            raise ModelmakeError("olive translate: give --script FILE or the commands after --, not both")
+        for line in skipped:
+            print(f"skipped (not an olive command): {line}", file=sys.stderr)
+    else:
+        commands = olive.split_commands(args.snakemake)
+        if not commands:
+            raise ModelmakeError("olive translate: no olive command (modelmake olive translate -- olive finetune ...)")
+    mapped = olive.translate_commands(commands, olive_options(args, args.cwd))
+    print(olive.table(mapped))
+    for w in mapped.warnings:
+        print(f"modelmake: warning: {w}", file=sys.stderr)
+    line = olive.build_line(mapped)
+    print(shlex.join(line))
+    if not args.run:
+        return 0
+    build = argparse.Namespace(overrides=mapped.overrides(), profile=None, until=mapped.until, snakemake=[])
+    return cmd_build(build)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
@@ -300,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="build the default target (a sweep with comma lists)")
     b.add_argument("--profile", help="a profile in profiles/ (e.g. slurm): where and how jobs run")
     b.add_argument("--verbose", action="store_true", help="show Snakemake's whole output instead of the build's view")
+    b.add_argument("--until", metavar="STAGE", help="build this stage and what it needs, not the whole chain")
     b.add_argument("overrides", nargs="*")
     p = sub.add_parser("plan", help="print keys and paths of every artifact")
     p.add_argument("overrides", nargs="*")
@@ -335,13 +388,33 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("stage", help="build one stage of the chain (what each rule and dvc.yaml stage runs)")
     st.add_argument("name", choices=[spec.name for spec in RECIPE.stages])
     st.add_argument("overrides", nargs="*")
+    o = sub.add_parser("olive", help="an Olive workflow config or olive commands as modelmake settings (docs/olive.md)")
+    osub = o.add_subparsers(dest="olive_command", required=True)
+    oi = osub.add_parser("import", help="an Olive workflow config (JSON or YAML) -> conf/experiment/NAME.yaml")
+    oi.add_argument("config")
+    oi.add_argument("--name", help="the experiment's name (default: the config's workflow_id, else its file name)")
+    oi.add_argument("--force", action="store_true", help="replace conf/experiment/NAME.yaml if it exists")
+    ot = osub.add_parser("translate", help="olive commands (after --, or --script FILE) -> a modelmake build line")
+    ot.add_argument("--run", action="store_true", help="run the build line too")
+    ot.add_argument("--script", help="a shell script of olive commands (the lab's flow.sh)")
+    for q in (oi, ot):
+        q.add_argument("--model", help="a conf/model group in place of the Olive input model (e.g. tiny_phi3)")
+        q.add_argument("--revision", help="model.revision for a hub model (Olive reads the hub's current files)")
+        q.add_argument("--trust-remote-code", action="store_true",
+                       help="keep the config's trust_remote_code on: the model's own code from the hub will run")
+        q.add_argument("--response-marker", help="where the loss starts in the text template (default: derived)")
+        q.add_argument("--cpu", action="store_true", help="export for CPU whatever execution provider is named")
+        q.add_argument("--strict", action="store_true", help="refuse a pass modelmake has no equivalent for")
     args = parser.parse_args(argv)
     args.snakemake = extra
+    args.cwd = Path.cwd()  # olive's relative paths are the caller's
+    args.argv = argv
     os.chdir(ROOT)
     try:
         commands = {"build": cmd_build, "plan": cmd_plan, "generate": cmd_generate, "dvc": cmd_dvc,
                     "explain": cmd_explain, "search": cmd_search, "stage": cmd_stage, "status": cmd_status,
-                    "cache": lambda a: cmd_gc(a) if a.action == "gc" else cmd_cache(a)}
+                    "cache": lambda a: cmd_gc(a) if a.action == "gc" else cmd_cache(a),
+                    "olive": cmd_olive}
         return commands[args.command](args)
     except ModelmakeError as e:
         print(f"modelmake: error: {e}", file=sys.stderr)

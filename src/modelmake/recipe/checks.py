@@ -50,8 +50,9 @@ def check(cfg: DictConfig) -> None:
 
     need(cfg.model.kind in ("tiny", "gguf", "pretrained"), "model.kind",
          f"must be 'tiny', 'gguf' or 'pretrained', got {cfg.model.kind!r}")
-    for f in ("lora.r", "train.steps", "train.batch_size", "train.max_seq_len", "quantize.group_size",
-              "quantize.calib_samples", "quantize.calib_seq_len", "generate.max_new_tokens", "threads"):
+    for f in ("lora.r", "train.steps", "train.batch_size", "train.grad_accum_steps", "train.max_seq_len",
+              "quantize.group_size", "quantize.calib_samples", "quantize.calib_seq_len", "generate.max_new_tokens",
+              "threads"):
         positive_int(f)
     for f in ("lora.alpha", "train.lr"):
         positive_number(f)
@@ -69,6 +70,8 @@ def check(cfg: DictConfig) -> None:
         need(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, f, f"must be >= 0, got {v!r}")
     need(isinstance(cfg.train.warmup_steps, int), "train.warmup_steps",
          f"must be a whole number of steps, got {cfg.train.warmup_steps!r}")
+    if cfg.train.max_grad_norm is not None:  # null: no clipping
+        positive_number("train.max_grad_norm")  # 0 would clip every gradient to nothing
     need_runtime(cfg.export.execution_provider)
     need(bool(cfg.model.trust_remote_code) is False or cfg.model.kind == "pretrained", "model.trust_remote_code",
          "only meaningful for a pretrained model")

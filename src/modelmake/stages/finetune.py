@@ -2,8 +2,10 @@
 
 The base stays int4 (`WQLinear_GEMM` buffers, no gradient); only LoRA's A and B train. Loss is
 on the response tokens only (the prompt part of the template is masked); batches are right
-padded (left padding diverged in trials). Train and eval loss are recorded; the adapter is saved
-as `adapter_config.json` + `adapter_model.safetensors`.
+padded (left padding diverged in trials). An optimizer step takes `train.grad_accum_steps`
+micro-batches of `train.batch_size` records, with the gradient of one batch of all of them, then
+clips its norm to `train.max_grad_norm` (null: no clipping). Train and eval loss are recorded; the
+adapter is saved as `adapter_config.json` + `adapter_model.safetensors`.
 """
 
 from __future__ import annotations
@@ -108,6 +110,29 @@ def lora_model(base, lora_cfg):
         raise ModelmakeError(f"lora.target_modules={targets}: {e}") from None
 
 
+def response_tokens(labels: torch.Tensor) -> int:
+    """The tokens a batch's loss is taken over: labels after the causal shift, prompt masked."""
+    return int((labels[:, 1:] != IGNORE).sum())
+
+
+def accumulate(model, micro_batches: list, pad_id: int, step: int, lr: float) -> float:
+    """Backward over one optimizer step's micro-batches, each a list of (ids, labels); returns the
+    step's loss. Each micro-batch's mean loss is weighted by its share of the step's response
+    tokens, so the summed gradient is that of one batch of all of them (right padding changes no
+    real token's logits); with one micro-batch the weight is exactly 1."""
+    batches = [collate(mb, pad_id) for mb in micro_batches]
+    total = sum(response_tokens(labels) for _, _, labels in batches)
+    step_loss = 0.0
+    for ids, mask, labels in batches:
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        if not torch.isfinite(loss):
+            raise ModelmakeError(f"finetune: loss is {loss.item()} at step {step} (train.lr={lr} too high?)")
+        weight = response_tokens(labels) / max(total, 1)
+        (loss * weight).backward()
+        step_loss += loss.item() * weight
+    return step_loss
+
+
 def train(model, train_ex, eval_ex, t, pad_id: int, log_path: Path) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
@@ -131,22 +156,20 @@ def train(model, train_ex, eval_ex, t, pad_id: int, log_path: Path) -> dict:
         for step in bar:
             model.train()
             t0 = time.perf_counter()
-            ids, mask, labels = collate([train_ex[i] for i in next(it)], pad_id)
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            if not torch.isfinite(loss):
-                raise ModelmakeError(f"finetune: loss is {loss.item()} at step {step} (train.lr={t.lr} too high?)")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            micro = [[train_ex[i] for i in next(it)] for _ in range(t.grad_accum_steps)]
+            loss = accumulate(model, micro, pad_id, step, t.lr)
+            if t.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             train_seconds += time.perf_counter() - t0  # the step alone, not the periodic evaluation
-            row = {"step": step, "train_loss": loss.item(), "eval_loss": "", "lr": sched.get_last_lr()[0]}
+            row = {"step": step, "train_loss": loss, "eval_loss": "", "lr": sched.get_last_lr()[0]}
             if step % t.eval_every == 0 or step == t.steps:
                 row["eval_loss"] = mean_loss(model, eval_ex, pad_id, t.batch_size)
             history.append(row)
             writer.writerow(row)
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
     train_tail = [h["train_loss"] for h in history[1:]][-10:]
     return {
         "eval_loss_before": eval0,
