@@ -337,7 +337,7 @@ def test_translate_runs_the_build_line(files, monkeypatch):
     from modelmake import cli
 
     seen = {}
-    monkeypatch.setattr(cli, "run_snakemake", lambda cmd: seen.setdefault("cmd", cmd) and 0)
+    monkeypatch.setattr(cli, "run_snakemake", lambda cmd, view=None: seen.setdefault("cmd", cmd) and 0)
     monkeypatch.chdir(files)
     argv = ["olive", "translate", "--run", "--", *LAB[0], "--", *LAB[1], "--", *LAB[2], "--", *LAB[3]]
     assert cli.main(argv) == 0

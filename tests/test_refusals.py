@@ -67,13 +67,23 @@ def test_a_newline_in_a_data_file_name_is_kept_exact(tmp_path):
     assert list(node.data) == [str(odd)]
 
 
-def test_data_fields_with_a_text_template_are_refused_where_they_do_nothing(tmp_path):
-    assert "config field 'data.fields.user': 'question' has no effect with a text template" in \
-        refused("data.fields.user=question")
+def test_data_fields_map_a_text_templates_slots_onto_the_records_fields(tmp_path):
+    """`data.fields.user=question` with the cookbook's template fills its {prompt} from each record's
+    `question`: the settings do what they say, with a text template as with `chat`."""
+    from modelmake.data.templates import field_map
+    from modelmake.stages.dataset import prepare
+
     qa = tmp_path / "qa.jsonl"
     qa.write_text("".join(json.dumps({"question": f"q{i}?", "answer": f"a{i}."}) + "\n" for i in range(10)))
-    build_plan(overrides=["data.template=Q: {question}\\nA: {answer}", "data.response_marker=A: ",  # they name it
-                          "data.fields.user=question", "data.fields.assistant=answer", f"data.path={qa}"])
+    ov = [f"data.path={qa}", "data.fields.user=question", "data.fields.assistant=answer"]
+    cfg = compose(tuple(build_plan(overrides=ov).points[0]))
+    mapping = field_map(cfg.data.template, cfg.data.response_marker, cfg.data.fields)
+    assert mapping == {"prompt": "question", "response": "answer"}
+    train, evals = prepare(qa, cfg.data.template, cfg.data.response_marker, 0.2, 0, mapping=mapping)
+    assert train[0]["text"].startswith("<|user|>\nq") and train[0]["completion"].startswith("a")
+    assert "field 'question' is missing" in refused("data.fields.user=question")  # the sample has no such field
+    why = refused("data.template=Q: {prompt}\\nA: ", "data.response_marker=A: ", "data.fields.assistant=answer")
+    assert "config field 'data.fields.assistant': has no effect: data.template has no assistant slot" in why
 
 
 # --- templates that fit the model -------------------------------------------------------------

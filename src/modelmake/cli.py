@@ -81,7 +81,7 @@ def cmd_build(args) -> int:
                                  f"(known: {known})")
         extra = ["--workflow-profile", str(profile)] + extra
     view = None
-    if not args.verbose and not VERBATIM & set(extra):
+    if not getattr(args, "verbose", False) and not VERBATIM & set(extra):
         cached = in_cache(plan)
         view = QuietView(ROOT, pending(plan, cached), cached=len(cached))
     return run_snakemake(snakemake_command(args.overrides, extra), view=view)

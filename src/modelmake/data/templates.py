@@ -39,8 +39,35 @@ def prompt_template(template: str, marker: str) -> str:
     return template[: template.index(marker) + len(marker)] if marker else ""
 
 
-def render(template: str, marker: str, rec: dict) -> dict:
-    fields = {k: v for k, v in rec.items() if not k.startswith("_")}
+CHAT_FIELDS = {"user": "prompt", "assistant": "response"}  # the record fields a chat turn reads, by default
+
+
+def slots(template: str, marker: str) -> dict[str, str]:
+    """The user's and the assistant's placeholder of a text template: the last one before the
+    response marker, and the first one after it."""
+    before = template_fields(prompt_template(template, marker)) if marker else []
+    after = [f for f in template_fields(template) if f not in before]
+    out = {}
+    if before:
+        out["user"] = before[-1]
+    if after:
+        out["assistant"] = after[0]
+    return out
+
+
+def field_map(template: str, marker: str, fields) -> dict[str, str]:
+    """Placeholder -> the record field that fills it. A text template reads the fields it names,
+    unless `data.fields` maps its user or assistant slot onto another field (`data.fields.user=question`
+    with `<|user|>\n{prompt}...`: {prompt} is filled from each record's `question`)."""
+    mapping = {name: name for name in template_fields(template)}
+    for role, placeholder in slots(template, marker).items():
+        if fields.get(role):
+            mapping[placeholder] = str(fields[role])
+    return mapping
+
+
+def render(template: str, marker: str, rec: dict, mapping: dict[str, str] | None = None) -> dict:
+    fields = {ph: rec[field] for ph, field in (mapping or {k: k for k in rec if not k.startswith("_")}).items()}
     text = template.format(**fields)
     prompt = prompt_template(template, marker).format(**fields)
     # completion: what the model is asked to produce (a label, for classification-style data)
@@ -95,7 +122,8 @@ def effective_template(d, tok=None) -> tuple[str, str]:
     """(text template, response marker) for the data config: as given, or from the chat template."""
     if d.template != CHAT:
         return d.template, d.response_marker
-    return chat_template_as_text(tok, d.fields.user, d.fields.assistant, d.get("system"))
+    return chat_template_as_text(tok, d.fields.user or CHAT_FIELDS["user"], d.fields.assistant or
+                                 CHAT_FIELDS["assistant"], d.get("system"))
 
 
 def prompt_text(template: str, marker: str, prompt: str) -> str:

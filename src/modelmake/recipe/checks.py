@@ -15,7 +15,16 @@ from modelmake.core.errors import ModelmakeError
 from modelmake.core.hashing import fact, file_sha256
 from modelmake.core.paths import ROOT
 from modelmake.data.records import read_records
-from modelmake.data.templates import CHAT, role_tokens, sandbox_problem, template_fields, template_fit
+from modelmake.data.templates import (
+    CHAT,
+    CHAT_FIELDS,
+    field_map,
+    role_tokens,
+    sandbox_problem,
+    slots,
+    template_fields,
+    template_fit,
+)
 from modelmake.graph import remote
 from modelmake.models import sources
 from modelmake.models.families import (
@@ -105,11 +114,11 @@ def check_template(cfg: DictConfig, model: dict) -> None:
     template_fields(d.template)
     need(not d.response_marker or d.response_marker in d.template, "data.response_marker",
          f"{d.response_marker!r} does not occur in data.template {d.template!r}")
-    slots = template_fields(d.template)
+    found = slots(d.template, d.response_marker)
     for role in ("user", "assistant"):
-        need(d.fields[role] in slots, f"data.fields.{role}",
-             f"'{d.fields[role]}' has no effect with a text template, which reads the record fields it names "
-             f"({', '.join(slots)}); write the field into data.template, e.g. '<|user|>\\n{{{d.fields[role]}}}...'")
+        need(not d.fields[role] or role in found, f"data.fields.{role}",
+             f"has no effect: data.template has no {role} slot (a placeholder "
+             f"{'before' if role == 'user' else 'after'} data.response_marker) for it to fill")
     if d.check_template and model.get("special_tokens") is not None:
         problem = template_fit(d.template, model["special_tokens"], model.get("stop_tokens") or [], name)
         need(problem is None, "data.template", f"{problem}; {hint}")
@@ -127,11 +136,12 @@ def check_records(cfg: DictConfig, model: dict) -> None:
     if not path.is_file():
         return  # named by the dataset stage's data check (recipe.table): not found, a directory, ...
     if d.template == CHAT:
-        fields = [d.fields.user, d.fields.assistant]
+        fields = [d.fields.user or CHAT_FIELDS["user"], d.fields.assistant or CHAT_FIELDS["assistant"]]
         chat = model.get("chat_template")
         forbidden = role_tokens(chat) if isinstance(chat, str) else []
     else:
-        fields, forbidden = template_fields(d.template), role_tokens(d.template)
+        fields = list(dict.fromkeys(field_map(d.template, d.response_marker, d.fields).values()))
+        forbidden = role_tokens(d.template)
     forbidden = [] if d.allow_special_tokens else forbidden
     fact(file_sha256(path), f"records-ok:{json.dumps([fields, forbidden])}",
          lambda: len(read_records(path, fields, forbidden, name=d.path)))

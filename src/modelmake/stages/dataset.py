@@ -14,8 +14,10 @@ from modelmake.core.paths import remote_copy
 from modelmake.data.records import read_records, split, write_jsonl
 from modelmake.data.templates import (
     CHAT,
+    CHAT_FIELDS,
     check_chat_rendering,
     effective_template,
+    field_map,
     render,
     role_tokens,
     template_fields,
@@ -33,12 +35,14 @@ def source_path(node, path: str) -> Path:
 
 
 def prepare(path: Path, template: str, marker: str, eval_fraction: float, seed: int, check=None,
-            forbidden: list[str] = (), name: str | None = None):
-    fields = template_fields(template)
+            forbidden: list[str] = (), name: str | None = None, mapping: dict[str, str] | None = None):
+    """Train and eval items of a data file; `mapping`: placeholder -> the record field that fills it
+    (data.templates.field_map; by default each placeholder reads the field it names)."""
+    mapping = mapping or {f: f for f in template_fields(template)}
     if marker and marker not in template:
         raise ModelmakeError(f"data.response_marker {marker!r} does not occur in data.template")
-    records = read_records(path, fields, forbidden, name)
-    items = [render(template, marker, r) for r in records]
+    records = read_records(path, list(dict.fromkeys(mapping.values())), forbidden, name)
+    items = [render(template, marker, r, mapping) for r in records]
     if check is not None:
         check(items, records)
     train, evals = split(items, records, eval_fraction, seed)
@@ -76,14 +80,16 @@ def build(node, out: Path, cfg) -> dict:
         tok = AutoTokenizer.from_pretrained(model_location(node.inputs["base"].path),
                                             trust_remote_code=bool(cfg.model.trust_remote_code))
         check = lambda items, records: check_chat_rendering(  # noqa: E731
-            tok, items, records, d.fields.user, d.fields.assistant, d.get("system"), Path(d.path))
+            tok, items, records, d.fields.user or CHAT_FIELDS["user"], d.fields.assistant or CHAT_FIELDS["assistant"],
+            d.get("system"), Path(d.path))
     elif d.check_template and not Path(model_location(node.inputs["base"].path)).is_dir():
         check_fit(d.template, model_location(node.inputs["base"].path), cfg)  # a hub model: not known at plan time
     template, marker = effective_template(d, tok)
     # a record that forges a turn (holds one of the template's role tokens) is refused, file:line:field
     forbidden = [] if d.allow_special_tokens else role_tokens(template)
+    mapping = None if d.template == CHAT else field_map(template, marker, d.fields)
     train, evals = prepare(source_path(node, d.path), template, marker, d.eval_fraction, d.seed, check, forbidden,
-                           name=d.path)
+                           name=d.path, mapping=mapping)
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "eval.jsonl", evals)
     (out / TEMPLATE_FILE).write_text(json.dumps(
