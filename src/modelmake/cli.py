@@ -243,8 +243,12 @@ def cmd_cache(args) -> int:
         return 0
     if args.action == "push":
         done = [n for n in shared if (ROOT / n.manifest).exists() and f"{n.stage}/{n.digest}" not in listed]
-        for n in done:
-            publish_node(n, setting)
+        for i, n in enumerate(done):
+            try:
+                publish_node(n, setting, strict=True)
+            except cache_mod.CacheError as e:  # the cache went away: the rest would wait on it too
+                raise ModelmakeError(f"cache {setting.url}: pushing {n.stage} {n.key}: {e} ({i} of {len(done)} "
+                                     "pushed; the same command pushes the rest)") from None
         print(f"pushed {len(done)} artifact(s) to {setting.url}")
         return 0
     # pull: what the cache holds of this plan, verified

@@ -125,7 +125,7 @@ def _pulled(node: Node, cache) -> bool | None:
     return True
 
 
-def _publish(node: Node, cache) -> None:
+def _publish(node: Node, cache, strict: bool = False) -> None:
     """Publish a finished artifact; a failure is one line, and the build here still counts."""
     from modelmake.core.manifest import read_manifest
     from modelmake.graph.cache import CacheError, publish, store
@@ -133,6 +133,8 @@ def _publish(node: Node, cache) -> None:
     try:
         figures = publish(node, store(cache.url), node.path, read_manifest(node.path))
     except CacheError as e:
+        if strict:
+            raise
         _cache_trouble(cache, f"publishing {node.stage} {node.key}", str(e))
         return
     log.info("%s: %s %s in %s (%d file(s) uploaded)", node.stage,
@@ -148,10 +150,11 @@ def pull_node(node: Node, cache) -> bool:
         return node.manifest.exists() or bool(_pulled(node, cache))
 
 
-def publish_node(node: Node, cache) -> None:
-    """`modelmake cache push`: one built artifact, checked against its manifest first."""
+def publish_node(node: Node, cache, strict: bool = False) -> None:
+    """`modelmake cache push`: one built artifact, checked against its manifest first; `strict`:
+    a cache that cannot answer raises CacheError instead of one line."""
     verify(node.path, node.stage, node.key)
-    _publish(node, cache)
+    _publish(node, cache, strict)
 
 
 def _check_inputs(node: Node) -> None:
