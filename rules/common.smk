@@ -1,4 +1,4 @@
-# The plan every rule reads: built once as the workflow loads, from --config (Hydra overrides).
+# The plan all rules read: built once as the workflow loads, from --config (Hydra overrides).
 import os
 import shlex
 import sys
