@@ -148,7 +148,7 @@ def variant_graph(point: dict, head: str | None) -> Path:
     (and `export.lm_head=head` where given), built once under .cache/decode/."""
     from omegaconf import OmegaConf
 
-    from modelmake.stages.export import pin_producer_file, run_builder
+    from modelmake.models.builder import pin_producer_file, run_builder
 
     e = OmegaConf.create(point["export"].config["export"])
     name = "plain" if head is None else f"head-{head}"
@@ -179,7 +179,9 @@ def profile_graph(model_dir: Path, adapter: Path | None, prompt: int, steps: int
     cfg = json.loads((Path(model_dir) / "genai_config.json").read_text())["model"]["decoder"]
     so = ort.SessionOptions()
     so.intra_op_num_threads = so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # not the LoRA inputs' "initializer appears in graph inputs" warnings
     so.enable_profiling = True
+    CACHE.mkdir(parents=True, exist_ok=True)
     so.profile_file_prefix = str(CACHE / "profile")
     sess = ort.InferenceSession(str(Path(model_dir) / "model.onnx"), so, providers=["CPUExecutionProvider"])
     ro = ort.RunOptions()

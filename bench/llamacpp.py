@@ -66,6 +66,25 @@ def fetch(home: Path = HOME) -> Path:
     return src
 
 
+# llama.cpp's x86 options and the /proc/cpuinfo flag each needs
+ISA = {"GGML_AVX": "avx", "GGML_AVX2": "avx2", "GGML_FMA": "fma", "GGML_F16C": "f16c", "GGML_BMI2": "bmi2",
+       "GGML_AVX_VNNI": "avx_vnni", "GGML_AVX512": "avx512f", "GGML_AVX512_VBMI": "avx512vbmi",
+       "GGML_AVX512_VNNI": "avx512_vnni", "GGML_AVX512_BF16": "avx512_bf16"}
+
+
+def isa_flags() -> list[str]:
+    """This CPU's instruction sets, named one by one instead of -march=native: the same kernels but
+    AMX's. These VMs report amx_tile, and llama.cpp's AMX matrix product (prompt processing, a batch
+    of tokens) died with SIGSEGV in ggml_backend_amx_mul_mat here; one-token decode never uses it."""
+    try:
+        flags = set(next(x for x in Path("/proc/cpuinfo").read_text().splitlines()
+                         if x.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return ["-DGGML_NATIVE=ON"]
+    return ["-DGGML_NATIVE=OFF", *(f"-D{k}={'ON' if v in flags else 'OFF'}" for k, v in ISA.items()),
+            "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
+
+
 def build(home: Path = HOME, jobs: int | None = None) -> Path:
     """llama-bench, built once (about 200 s on 2 cores); its path."""
     exe = bench_binary(home)
@@ -77,8 +96,8 @@ def build(home: Path = HOME, jobs: int | None = None) -> Path:
     src = fetch(home)
     out = home / "build"
     configure = ["cmake", "-S", str(src), "-B", str(out), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
-                 "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DGGML_OPENMP=ON",
-                 "-DBUILD_SHARED_LIBS=OFF"]
+                 "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DGGML_OPENMP=ON",
+                 "-DBUILD_SHARED_LIBS=OFF", *isa_flags()]
     steps = (configure, ["cmake", "--build", str(out), "--target", "llama-bench", "-j", str(jobs or os.cpu_count())])
     with (home / "build.log").open("w") as log:
         for cmd in steps:

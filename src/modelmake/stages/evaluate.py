@@ -27,7 +27,16 @@ import torch
 from modelmake.core.atomic import scratch_dir
 from modelmake.core.manifest import dir_size
 from modelmake.models.awq_fixes import dequantize_checkpoint, load_awq_model
-from modelmake.models.scoring import OrtStepper, label_accuracy, label_set, mean_kl, parity, perplexity_of, torch_logits
+from modelmake.models.scoring import (
+    OrtSequence,
+    OrtStepper,
+    label_accuracy,
+    label_set,
+    mean_kl,
+    parity,
+    perplexity_of,
+    torch_logits,
+)
 from modelmake.stages.layout import ADAPTER_FILE, MODEL_DIR, model_location, read_split
 from modelmake.stages.merged_layout import MERGED_ROUTES, merged_graph
 from modelmake.stages.quality import eval_sequences
@@ -77,7 +86,7 @@ def build(node, out: Path, cfg) -> dict:
     merged_dir = n["merged"].path if "merged" in n else None
     if merged_dir is not None:
         del lora, awq
-        metrics |= compare_merged(n, merged_dir, seqs, onnx_logits, awq_lora, e.parity_records)
+        metrics |= compare_merged(n, merged_dir, seqs, awq_lora, e.parity_records, cfg.threads)
 
     if e.speed.enabled:
         ids = tok(records[0]["prompt"], add_special_tokens=False)["input_ids"]
@@ -98,7 +107,7 @@ def build(node, out: Path, cfg) -> dict:
     return metrics | sizes(node)
 
 
-def compare_merged(n, merged_dir: Path, seqs, onnx_logits, awq_lora, parity_records: int) -> dict:
+def compare_merged(n, merged_dir: Path, seqs, awq_lora, parity_records: int, threads: int) -> dict:
     """The deployed graphs against what the adapter was meant to compute: perplexity, KL from
     fp32+LoRA and from AWQ+LoRA (torch) of the multi-LoRA graph + adapter and of both merged graphs,
     and the merged-AWQ graph's parity with torch running its own int4 checkpoint."""
@@ -110,15 +119,18 @@ def compare_merged(n, merged_dir: Path, seqs, onnx_logits, awq_lora, parity_reco
     ref = [torch_logits(fp32_lora, ids) for ids in seqs]
     del fp32_lora, fp32
     out = {"ppl_fp32_lora": perplexity_of(ref, seqs), "kl_fp32lora_awq_lora": mean_kl(ref, awq_lora)}
-    logits = {"onnx_lora": onnx_logits}
-    for route in MERGED_ROUTES:
-        stepper = OrtStepper(merged_graph(merged_dir, route))
-        logits[f"merged_{route}"] = [stepper(ids) for ids in seqs]
-        if route == "awq":  # the same merged int4 weights in torch: what the graph must compute
-            ckpt = load_awq_model(merged_dir / "awq" / "checkpoint", dtype=torch.float32)
-            p = parity(stepper, lambda ids: torch_logits(ckpt, ids), seqs[:parity_records])  # noqa: B023
-            out |= {f"merged_awq_parity_{k}": v for k, v in p.items()}
-            del ckpt
+    # every deployed graph scored the same way: one forward pass a record (plain onnxruntime)
+    graphs = {"onnx_lora": (n["export"].path / MODEL_DIR, n["adapter"].path / ADAPTER_FILE),
+              **{f"merged_{r}": (merged_graph(merged_dir, r), None) for r in MERGED_ROUTES}}
+    logits = {}
+    for name, (graph, adapter) in graphs.items():
+        score = OrtSequence(graph, adapter, threads)
+        logits[name] = [score(ids) for ids in seqs]
+    # the merged-AWQ graph decoding token by token against torch on the same merged int4 weights
+    ckpt = load_awq_model(merged_dir / "awq" / "checkpoint", dtype=torch.float32)
+    p = parity(OrtStepper(merged_graph(merged_dir, "awq")), lambda ids: torch_logits(ckpt, ids),
+               seqs[:parity_records])
+    out |= {f"merged_awq_parity_{k}": v for k, v in p.items()}
     for name in GRAPHS:
         out[f"ppl_{name}"] = perplexity_of(logits[name], seqs)
         out[f"kl_fp32lora_{name}"] = mean_kl(ref, logits[name])

@@ -22,8 +22,8 @@ import torch
 
 from modelmake.core.atomic import scratch_dir
 from modelmake.core.manifest import dir_size
+from modelmake.models.builder import pin_producer_file, run_builder, smoke_test
 from modelmake.models.merge import check_adapter, merge_into
-from modelmake.stages.export import pin_producer_file, run_builder, smoke_test
 from modelmake.stages.layout import MODEL_DIR, model_location
 from modelmake.stages.merged_layout import MERGED_ROUTES as ROUTES
 from modelmake.stages.merged_layout import merged_graph as graph_dir
