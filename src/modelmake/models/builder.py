@@ -35,6 +35,9 @@ def run_builder(src: Path, out: Path, e, cache: Path, log_path: Path, extra: tup
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, preexec_fn=pdeathsig)  # dies with the stage
+    if proc.returncode == 0 and (out / "model.onnx").exists() and e.precision == "int4" and e.exclude_lm_head \
+            and e.get("lm_head", "fp32") != "fp32" and e.execution_provider == "cpu":
+        head_int8_activations(out)
     if proc.returncode != 0 or not (out / "model.onnx").exists():
         text = log_path.read_text(errors="replace")
         cause = next((c for c in ("No space left on device", "Disk quota exceeded", "Cannot allocate memory",
@@ -54,13 +57,31 @@ def head_options(head: str) -> list[str]:
     (GatherBlockQuantized): on SmolLM2 that moved logits by up to 9 against the torch AWQ model and
     held-out perplexity by 7 %. So the Gather is always excluded; `fp32` excludes the head too (the
     builder then shares lm_head's matrix with the Gather), `int8` has the builder round it to 8 bits
-    (`matmul_mixed_precision=last_matmul:int8`), `int4` to 4 bits, at its own block size."""
+    (`matmul_mixed_precision=last_matmul:int8`), `int4` to 4 bits, at its own block size (32); on
+    CPU either runs with int8 activations (`head_int8_activations`). The Gather then keeps its own
+    full-precision table (read one row a token): `shared_embeddings` did not change that in 0.18."""
     if head not in HEADS:
         raise ModelmakeError(f"config field 'export.lm_head': must be one of {', '.join(HEADS)}, got {head!r}")
     if head == "fp32":
         return ["nodes_to_exclude=/lm_head/MatMul,/model/embed_tokens/Gather"]
     out = ["nodes_to_exclude=/model/embed_tokens/Gather"]
     return out + (["matmul_mixed_precision=last_matmul:int8"] if head == "int8" else [])
+
+
+def head_int8_activations(model_dir: Path) -> None:
+    """The rounded LM head's MatMulNBits at accuracy_level 4 (int8 activations), whatever the body's.
+    onnxruntime 1.31's CPU kernel for 8-bit weights with fp32 activations (level 1) dequantizes the
+    whole matrix every call: SmolLM2 decoded at 1.8 tokens/s with it, 18.6 with the fp32 head, 22.9
+    with the int8 head at level 4 (same run, loaded machine). At level 4 the int8 head moved held-out
+    KL from the fp32-head graph by 0.0009 (0.00026 at level 1): bench/decode.py measures both."""
+    path = Path(model_dir) / "model.onnx"
+    model = onnx.load(path, load_external_data=False)
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits" and node.name.startswith("/lm_head/"):
+            for a in node.attribute:
+                if a.name == "accuracy_level":
+                    a.i = 4
+    onnx.save(model, path)
 
 
 def pin_producer(model: onnx.ModelProto) -> None:

@@ -62,8 +62,9 @@ def register_inputs(cfg: DictConfig) -> tuple[str, ...]:
 TORCH = ("torch", "transformers", "safetensors")
 ONNX = ("onnx", "onnx-ir", "onnxruntime", "onnxruntime-genai")
 STAGES = (
+    # model.cpu_lm_head is the export's (export.lm_head reads it): not what the base is made of
     StageSpec("base", "the base model: the tiny Phi-3, a dequantized GGUF, a copied folder or a hub reference",
-              ("model",), (), (*TORCH, "tokenizers", "gguf"), data=base_data),
+              ("model",), (), (*TORCH, "tokenizers", "gguf"), data=base_data, unkeyed=("model.cpu_lm_head",)),
     # rendered for a model: with data.template=chat, through its tokenizer's template
     StageSpec("dataset", "train.jsonl / eval.jsonl: validated, rendered, split without leaks",
               ("data",), ("base",), ("transformers", "tokenizers"), data=dataset_data),
