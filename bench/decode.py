@@ -346,7 +346,8 @@ def run_table(exp, point, merged_point, threads, args):
     else:
         try:
             if not args.no_llama_build:
-                llamacpp.build()
+                for variant in llamacpp.VARIANTS:
+                    llamacpp.build(variant=variant)
         except llamacpp.LlamaCppUnavailable as e:
             llama_reason = str(e)
         engines["llama.cpp (packaged GGUF)"] = (

@@ -35,8 +35,11 @@ def _last(text: str) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
-def bench_binary(home: Path = HOME) -> Path:
-    return home / "build" / "bin" / "llama-bench"
+VARIANTS = ("native", "noamx")  # -march=native, what `cmake -B build` gives a user; the same but AMX
+
+
+def bench_binary(home: Path = HOME, variant: str = "native") -> Path:
+    return home / ("build" if variant == "native" else f"build-{variant}") / "bin" / "llama-bench"
 
 
 def source_dir(home: Path = HOME) -> Path | None:
@@ -72,10 +75,13 @@ ISA = {"GGML_AVX": "avx", "GGML_AVX2": "avx2", "GGML_FMA": "fma", "GGML_F16C": "
        "GGML_AVX512_VNNI": "avx512_vnni", "GGML_AVX512_BF16": "avx512_bf16"}
 
 
-def isa_flags() -> list[str]:
-    """This CPU's instruction sets, named one by one instead of -march=native: the same kernels but
-    AMX's. These VMs report amx_tile, and llama.cpp's AMX matrix product (prompt processing, a batch
-    of tokens) died with SIGSEGV in ggml_backend_amx_mul_mat here; one-token decode never uses it."""
+def isa_flags(variant: str = "native") -> list[str]:
+    """`native`: -march=native, llama.cpp's default build. `noamx`: this CPU's instruction sets
+    named one by one, AMX off. These VMs report amx_tile: the native build's AMX matrix product
+    decodes (one token) but died with SIGSEGV in ggml_backend_amx_mul_mat on a prompt (a batch of
+    tokens), so the prompt's time (TTFT) comes from the no-AMX build where the native one fails."""
+    if variant == "native":
+        return ["-DGGML_NATIVE=ON"]
     try:
         flags = set(next(x for x in Path("/proc/cpuinfo").read_text().splitlines()
                          if x.startswith("flags")).split(":", 1)[1].split())
@@ -85,58 +91,69 @@ def isa_flags() -> list[str]:
             "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
 
 
-def build(home: Path = HOME, jobs: int | None = None) -> Path:
+def build(home: Path = HOME, jobs: int | None = None, variant: str = "native") -> Path:
     """llama-bench, built once (about 200 s on 2 cores); its path."""
-    exe = bench_binary(home)
+    exe = bench_binary(home, variant)
     if exe.is_file():
         return exe
     for tool in ("cmake", "g++"):
         if shutil.which(tool) is None:
             raise LlamaCppUnavailable(f"{tool} is not installed: llama.cpp builds from source here")
     src = fetch(home)
-    out = home / "build"
+    out = exe.parent.parent
     configure = ["cmake", "-S", str(src), "-B", str(out), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
                  "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DGGML_OPENMP=ON",
-                 "-DBUILD_SHARED_LIBS=OFF", *isa_flags()]
+                 "-DBUILD_SHARED_LIBS=OFF", *isa_flags(variant)]
     steps = (configure, ["cmake", "--build", str(out), "--target", "llama-bench", "-j", str(jobs or os.cpu_count())])
-    with (home / "build.log").open("w") as log:
+    log_path = home / f"build-{variant}.log"
+    with log_path.open("w") as log:
         for cmd in steps:
             r = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=3600)
             if r.returncode != 0:
                 raise LlamaCppUnavailable(f"{' '.join(cmd[:3])} failed (exit {r.returncode}): "
-                                          f"{_last((home / 'build.log').read_text(errors='replace'))}; log: "
-                                          f"{home / 'build.log'}")
+                                          f"{_last(log_path.read_text(errors='replace'))}; log: {log_path}")
     if not exe.is_file():
         raise LlamaCppUnavailable(f"the build ended without {exe}")
     return exe
 
 
-def run(model: Path, threads: int, prompt: int, new_tokens: int, repeats: int, home: Path = HOME) -> dict:
-    """llama-bench on `model`: decode tokens/s (tg), prompt tokens/s (pp) and time to first token
-    (the prompt's processing plus one decoded token), `threads` threads, `repeats` repetitions."""
-    exe = bench_binary(home)
-    if not exe.is_file():
-        raise LlamaCppUnavailable(f"{exe} is not built (python bench/llamacpp.py build)")
-    if not Path(model).is_file():
-        raise LlamaCppUnavailable(f"{model}: GGUF file not found")
+def _bench(exe: Path, model: Path, threads: int, prompt: int, new_tokens: int, repeats: int) -> list[dict]:
     cmd = [str(exe), "-m", str(model), "-t", str(threads), "-p", str(prompt), "-n", str(new_tokens),
            "-r", str(repeats), "-o", "json"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if r.returncode != 0:
-        raise LlamaCppUnavailable(f"llama-bench cannot run {Path(model).name}: {_last(r.stderr or r.stdout)}")
+        why = _last(r.stderr or r.stdout) if (r.stderr or r.stdout).strip() else f"exit {r.returncode}"
+        if r.returncode < 0:
+            why = f"killed by signal {-r.returncode}"
+        raise LlamaCppUnavailable(f"llama-bench ({exe.parent.parent.name}) cannot run {Path(model).name}: {why}")
     try:
-        rows = json.loads(r.stdout)
+        return json.loads(r.stdout)
     except ValueError:
         raise LlamaCppUnavailable(f"llama-bench printed no JSON: {_last(r.stdout)}") from None
-    pp = next((x for x in rows if x.get("n_prompt") and not x.get("n_gen")), None)
-    tg = next((x for x in rows if x.get("n_gen") and not x.get("n_prompt")), None)
-    if pp is None or tg is None:
-        raise LlamaCppUnavailable(f"llama-bench gave no pp/tg rows: {r.stdout[:200]}")
+
+
+def run(model: Path, threads: int, prompt: int, new_tokens: int, repeats: int, home: Path = HOME) -> dict:
+    """llama-bench on `model`: decode tokens/s (tg, the native build), prompt tokens/s (pp) and the
+    time to first token (the prompt's processing plus one decoded token), `threads` threads."""
+    native, noamx = bench_binary(home), bench_binary(home, "noamx")
+    if not native.is_file():
+        raise LlamaCppUnavailable(f"{native} is not built (python bench/llamacpp.py build)")
+    if not Path(model).is_file():
+        raise LlamaCppUnavailable(f"{model}: GGUF file not found")
+    note = ""
+    tg = next(x for x in _bench(native, model, threads, 0, new_tokens, repeats) if x.get("n_gen"))
+    try:
+        pp = next(x for x in _bench(native, model, threads, prompt, 0, repeats) if x.get("n_prompt"))
+    except LlamaCppUnavailable as e:
+        if not noamx.is_file():
+            raise LlamaCppUnavailable(f"{e}; and no no-AMX build for the prompt (bench/llamacpp.py build)") from None
+        pp = next(x for x in _bench(noamx, model, threads, prompt, 0, repeats) if x.get("n_prompt"))
+        note = f"prompt time from the no-AMX build ({e})"
     tokens_per_s, prompt_per_s = float(tg["avg_ts"]), float(pp["avg_ts"])
     return {"tokens_per_s": tokens_per_s, "prompt_tokens_per_s": prompt_per_s,
             "ttft_s": prompt / prompt_per_s + 1 / tokens_per_s, "samples_tokens_per_s": tg.get("samples_ts"),
             "threads": threads, "build": tg.get("build_commit"), "cpu": tg.get("cpu_info"),
-            "model_type": tg.get("model_type")}
+            "model_type": tg.get("model_type"), "note": note}
 
 
 def main() -> None:
@@ -154,7 +171,8 @@ def main() -> None:
     a = ap.parse_args()
     try:
         if a.cmd == "build":
-            print(build())
+            for variant in VARIANTS:
+                print(build(variant=variant))
         else:
             print(json.dumps(run(a.model, a.threads, a.prompt, a.new_tokens, a.repeats)))
     except LlamaCppUnavailable as e:
