@@ -143,9 +143,10 @@ def hf_bytes(model_dir: Path, adapter_dir: Path | None) -> int:
 
 
 # --- the graphs this bench builds ---------------------------------------------------------------------
-def variant_graph(point: dict, head: str | None) -> Path:
+def variant_graph(point: dict, head: str | None, accuracy: int | None = None) -> Path:
     """The builder's graph of the quantize artifact without LoRA inputs, with the export's settings
-    (and `export.lm_head=head` where given), built once under .cache/decode/."""
+    (and `export.lm_head=head`, `export.accuracy_level=accuracy` where given), built once under
+    .cache/decode/."""
     from omegaconf import OmegaConf
 
     from modelmake.models.builder import pin_producer_file, run_builder
@@ -154,6 +155,9 @@ def variant_graph(point: dict, head: str | None) -> Path:
     name = "plain" if head is None else f"head-{head}"
     if head is not None:
         e.lm_head = head
+    if accuracy is not None:
+        e.accuracy_level = accuracy
+        name += f"-acc{accuracy}"
     out = CACHE / point["export"].key / name
     if not (out / "model.onnx").exists():
         tmp = out.with_name(out.name + ".tmp")
@@ -234,7 +238,7 @@ def head_quality(graphs: dict[str, Path], point: dict, records: int) -> dict:
     """Held-out perplexity of each graph and its mean per-token KL from the first (the fp32 head)."""
     from transformers import AutoTokenizer
 
-    from modelmake.models.scoring import OrtStepper, mean_kl, perplexity_of
+    from modelmake.models.scoring import OrtSequence, mean_kl, perplexity_of
     from modelmake.stages.layout import read_split
 
     tok = AutoTokenizer.from_pretrained(point["quantize"].path / "model")
@@ -242,7 +246,7 @@ def head_quality(graphs: dict[str, Path], point: dict, records: int) -> dict:
     seqs = [tok(t, add_special_tokens=False)["input_ids"][:128] for t in texts]
     logits = {}
     for name, d in graphs.items():
-        step = OrtStepper(d)
+        step = OrtSequence(d)
         logits[name] = [step(ids) for ids in seqs]
     ref = next(iter(logits.values()))
     return {name: {"ppl": perplexity_of(lg, seqs), "kl_from_fp32_head": mean_kl(ref, lg)}
@@ -327,14 +331,23 @@ def run_table(exp, point, merged_point, threads, args):
     else:
         raw["merged"] = f"not built: modelmake build {' '.join([*EXPERIMENTS[exp], 'export=int4_merged'])}"
     heads = {}
-    for head in ("int8", "int4"):
+    own = point["export"].config["export"].get("lm_head", "fp32")
+    raw["export_lm_head"] = own
+    for head in ("fp32", "int8", "int4"):
         try:
-            heads[head] = variant_graph(point, head)
+            heads[head] = plain if head == own else variant_graph(point, head)
         except ModelmakeError as e:
             raw[f"head_{head}"] = str(e)
             continue
-        engines[f"ONNX int4, lm_head {head}"] = ("graph", lambda t, d=heads[head]: ort_row(d, None, ids, t, args),
-                                                graph_bytes(heads[head])["bytes"] + kv32)
+        if head != own:
+            d = heads[head]
+            engines[f"no LoRA inputs, lm_head {head}"] = ("graph", lambda t, d=d: ort_row(d, None, ids, t, args),
+                                                         graph_bytes(d)["bytes"] + kv32)
+    acc = point["export"].config["export"]["accuracy_level"]
+    if acc != 4:  # the builder's CPU default, int8 activations: faster, and not exact (docs/onnx-lora.md)
+        fast = variant_graph(point, point["export"].config["export"].get("lm_head", "fp32"), 4)
+        engines["ONNX int4, int8 activations (accuracy_level 4)"] = (
+            "graph", lambda t: ort_row(fast, None, ids, t, args), graph_bytes(fast)["bytes"] + kv32)
     gguf = None
     if point["base"].config["model"]["kind"] == "gguf":
         from omegaconf import OmegaConf
@@ -391,7 +404,7 @@ def run_table(exp, point, merged_point, threads, args):
     if llama_reason and gguf is None:
         rows.append({"engine": "llama.cpp", "threads": "-", "error": llama_reason})
     raw["rows"] = rows
-    raw["head_quality"] = head_quality({"fp32": plain, **heads}, point, args.quality_records)
+    raw["head_quality"] = head_quality(heads, point, args.quality_records) if "fp32" in heads else {}
     raw["profile"] = {"multi-LoRA graph + adapter": profile_graph(export_dir, adapter, len(ids)),
                       "multi-LoRA graph, no adapter": profile_graph(export_dir, None, len(ids)),
                       "ONNX int4, no LoRA inputs": profile_graph(plain, None, len(ids))}
