@@ -207,3 +207,19 @@ def test_the_merged_checkpoint_holds_the_adapter(exact_merged):
     a = dequantized_weight(merged.model.layers[0].self_attn.qkv_proj)
     b = dequantized_weight(base.model.layers[0].self_attn.qkv_proj)
     assert a.shape == b.shape and not torch.equal(a, b)
+
+
+def test_generate_streams_from_the_merged_graph_without_an_adapter_file(project, exact_merged):
+    """The generate stage and `modelmake generate` deploy the merged graph alone."""
+    import sys
+
+    from helpers.project import build, nodes, run
+
+    build(project, *EXACT, until="generate")
+    point = nodes(project, *EXACT)
+    gen = json.loads((point["generate"].path / "generation.json").read_text())
+    assert gen["merged_route"] == "awq" and gen["completion"].strip()
+    assert "adapter" not in point["generate"].inputs
+    r = run(project, sys.executable, "-m", "modelmake", "generate", "--prompt", "What food should I try in Lisbon?",
+            "--max-new-tokens", "8", *EXACT)
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr[-2000:]
