@@ -40,12 +40,28 @@ EXPERIMENTS = {"smollm2": ["experiment=smollm2"], "tiny": []}
 
 
 # --- bandwidth and bytes --------------------------------------------------------------------------
-def bandwidth(nbytes: int, threads: int, repeats: int = 7) -> float:
-    """Bytes/s a read of `nbytes` sustains with `threads` threads: each thread sums its own slice of
-    one float32 array (numpy's reduction releases the GIL; it is vectorized, so it is bound by the
-    memory system, not by arithmetic), best of `repeats` after one warm-up. The array is the size of
-    what one token reads, so it lives where the model's weights live between tokens (the L3 where
-    they fit, DRAM where they do not): the floor no engine can beat on this machine for that model."""
+def bandwidth(nbytes: int, threads: int) -> tuple[float, str]:
+    """Bytes/s a read of `nbytes` sustains with `threads` threads, and how it was measured: each
+    thread sums its own slice of one array (bench/bandwidth.c: compiled here with -march=native,
+    OpenMP threads bound to cores, 2 MiB pages, uint64 adds the compiler vectorizes, so it is bound
+    by the memory system; best of 15 passes after a warm-up). The array is the size of what one
+    token of that engine reads, so it lives where the engine's weights live between tokens (the
+    L3 where they fit, DRAM where they do not): the floor no engine can beat here for those bytes.
+    Without a C compiler, numpy's sum of float32 slices in threads (slower: about 17 GB/s at one
+    thread here against 19, and it does not scale to 2 threads)."""
+    import shutil
+    import subprocess
+
+    exe = CACHE / "bandwidth"
+    if not exe.exists() and shutil.which("cc"):
+        CACHE.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["cc", "-O3", "-march=native", "-fopenmp", str(REPO / "bench" / "bandwidth.c"), "-o", str(exe)],
+                       check=False, capture_output=True)
+    if exe.exists():
+        env = os.environ | {"OMP_PROC_BIND": "true"}
+        r = subprocess.run([str(exe), str(int(nbytes)), str(threads), "15"], capture_output=True, text=True, env=env)
+        if r.returncode == 0:
+            return float(r.stdout.strip()), "bench/bandwidth.c"
     a = np.ones(max(nbytes // 4, threads * 1024), np.float32)
     parts = np.array_split(a, threads)
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
@@ -55,8 +71,8 @@ def bandwidth(nbytes: int, threads: int, repeats: int = 7) -> float:
             return time.perf_counter() - t0
 
         once()
-        best = min(once() for _ in range(repeats))
-    return a.nbytes / best
+        best = min(once() for _ in range(7))
+    return a.nbytes / best, "numpy sum (no C compiler)"
 
 
 def _tensor_bytes(t) -> int:
@@ -366,6 +382,9 @@ def run_table(exp, point, merged_point, threads, args):
         engines["llama.cpp (packaged GGUF)"] = (
             "llama", lambda t: llamacpp.run(gguf, t, len(ids), args.new_tokens, args.repeats),
             gguf_bytes(gguf)["bytes"] + kv_bytes(qcfg, context, 2))
+        engines["llama.cpp, no-AMX build"] = (
+            "llama", lambda t: llamacpp.run(gguf, t, len(ids), args.new_tokens, args.repeats, variant="noamx"),
+            gguf_bytes(gguf)["bytes"] + kv_bytes(qcfg, context, 2))
         raw["gguf"] = {"file": gguf.name} | gguf_bytes(gguf)
     dense = CACHE / point["quantize"].key / "dense"
     if not (dense / "config.json").exists():
@@ -380,14 +399,17 @@ def run_table(exp, point, merged_point, threads, args):
         hf_bytes(dense, ft_adapter) + kv32)
 
     raw["lm_head"] = graph_bytes(plain)["lm_head"]
-    biggest = max(b for _, _, b in engines.values())
     raw["bandwidth"] = {}
     rows = []
     for t in threads:
-        bw = bandwidth(int(biggest), t)
-        raw["bandwidth"][t] = {"bytes_per_s": bw, "array_bytes": int(biggest)}
+        measured = {}  # bytes a token reads (to 1 MB) -> bytes/s, measured once a size
         for name, (kind, fn, nbytes) in engines.items():
-            row = {"engine": name, "threads": t, "bytes_per_token": nbytes, "floor_s": nbytes / bw}
+            size = int(round(nbytes / 1e6) * 1e6)
+            if size not in measured:
+                measured[size], method = bandwidth(size, t)
+                raw["bandwidth"].setdefault(t, {})[size] = {"bytes_per_s": measured[size], "method": method}
+            bw = measured[size]
+            row = {"engine": name, "threads": t, "bytes_per_token": nbytes, "bandwidth": bw, "floor_s": nbytes / bw}
             if kind == "llama" and llama_reason:
                 row["error"] = llama_reason
             else:
@@ -423,13 +445,17 @@ def render(exp, rows, raw, threads) -> str:
           _f(r.get("bytes_per_token") and r["bytes_per_token"] / 1e6),
           _f(r.get("floor_s") and 1000 * r["floor_s"], "{:.2f}"),
           _f(r.get("floor_ratio"), "{:.2f}"), r.get("error", "")] for r in rows], "llrrrrrl")
-    bw = "; ".join(f"{t} thread(s): {v['bytes_per_s'] / 1e9:.1f} GB/s" for t, v in raw["bandwidth"].items())
+    bw = "; ".join(f"{t} thread(s): " + ", ".join(f"{v['bytes_per_s'] / 1e9:.1f} GB/s at {size / 1e6:.0f} MB"
+                                                  for size, v in sorted(per.items()))
+                   for t, per in raw["bandwidth"].items())
+    method = {v["method"] for per in raw["bandwidth"].values() for v in per.values()}
     lines = [f"Prompt: the first held-out record's prompt ({raw['prompt_tokens']} tokens), {raw['new_tokens']} new "
              f"tokens, median of {raw['repeats']} after a warm-up, greedy; each engine in its own process. Load "
              f"average before/after: {raw['load_before'][0]:.1f} / {raw['load_after'][0]:.1f} (2 cores shared with "
              "other work: absolute figures move with it, rows measured in one sitting compare).", "", table, "",
-             f"Bandwidth measured in this run (a read of an array as large as the largest row's bytes a token, each "
-             f"thread summing its slice, best of 7): {bw}. Floor = bytes a token reads / that bandwidth; bytes "
+             f"Read bandwidth measured in this run ({', '.join(sorted(method))}: an array as large as each row's "
+             f"bytes a token, each thread summing its slice, best of 15): {bw}. Floor = bytes a token reads / "
+             "the bandwidth at that size; bytes "
              "counted from each graph's (or GGUF's, or safetensors') own tensors: every weight a computing node "
              "reads once, an embedding table only a Gather reads one row, the adapter's A and B when active, "
              "and the KV cache at the mean context (fp32 in onnxruntime, f16 in llama.cpp).", ""]

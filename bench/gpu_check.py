@@ -54,6 +54,7 @@ def phase_make(out: Path, shape: dict, layers: int, device: str) -> dict:
     cfg = Phi3Config(hidden_size=shape["hidden_size"], intermediate_size=shape["intermediate_size"],
                      num_attention_heads=shape["num_attention_heads"], num_key_value_heads=shape["num_key_value_heads"],
                      vocab_size=shape["vocab_size"], max_position_embeddings=shape["max_position_embeddings"],
+                     original_max_position_embeddings=shape["max_position_embeddings"],  # not LongRoPE
                      num_hidden_layers=layers, rope_scaling=None, tie_word_embeddings=False,
                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
     torch.manual_seed(0)
@@ -212,7 +213,14 @@ def run_phases(args) -> int:
         left = args.budget - (time.perf_counter() - started)
         limit = min(TIMEOUTS[ph], left)
         row = {"phase": ph, "timeout_s": round(limit)}
-        if limit < 10:
+        earlier = out / f"{ph}.json"
+        if args.only and ph not in args.only:
+            if earlier.exists():  # a phase of an earlier run in this folder, reused
+                row |= {"status": "ok", "result": json.loads(earlier.read_text()), "reused": True}
+                row["extrapolated_s"] = extrapolate(ph, row["result"], args.layers, shape["layers_full"])
+            else:
+                row |= {"status": "skipped", "why": "not in --only, and no earlier result here"}
+        elif limit < 10:
             row |= {"status": "skipped", "why": f"{left:.0f} s of the {args.budget} s budget left"}
         elif any(r["status"] != "ok" for r in rows if r["phase"] in needs(ph)):
             row |= {"status": "skipped", "why": f"needs {', '.join(needs(ph))}, which did not finish"}
@@ -258,6 +266,8 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=4, help="decoder layers made (default 4; 32 is Phi-3.5-mini)")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--budget", type=int, default=540, help="seconds for every phase together (default 540)")
+    ap.add_argument("--only", type=lambda v: set(v.split(",")), default=None,
+                    help="run these phases (comma list); the others' results of an earlier run in OUT are reused")
     args = ap.parse_args()
     if args.layers < 2:
         ap.error("--layers: at least 2 (the LoRA phase fits a fixed and a per-layer cost on two layer counts)")

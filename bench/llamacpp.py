@@ -132,10 +132,11 @@ def _bench(exe: Path, model: Path, threads: int, prompt: int, new_tokens: int, r
         raise LlamaCppUnavailable(f"llama-bench printed no JSON: {_last(r.stdout)}") from None
 
 
-def run(model: Path, threads: int, prompt: int, new_tokens: int, repeats: int, home: Path = HOME) -> dict:
-    """llama-bench on `model`: decode tokens/s (tg, the native build), prompt tokens/s (pp) and the
+def run(model: Path, threads: int, prompt: int, new_tokens: int, repeats: int, home: Path = HOME,
+        variant: str = "native") -> dict:
+    """llama-bench on `model`: decode tokens/s (tg, the `variant` build), prompt tokens/s (pp) and the
     time to first token (the prompt's processing plus one decoded token), `threads` threads."""
-    native, noamx = bench_binary(home), bench_binary(home, "noamx")
+    native, noamx = bench_binary(home, variant), bench_binary(home, "noamx")
     if not native.is_file():
         raise LlamaCppUnavailable(f"{native} is not built (python bench/llamacpp.py build)")
     if not Path(model).is_file():
