@@ -50,6 +50,7 @@ bench: install
 	$(PY) bench/cache_clients.py
 	$(PY) bench/cache.py
 	$(PY) bench/cluster.py
+	$(PY) bench/decode.py   # reads what make run built (SmolLM2), or the tiny chain
 
 clean:
 	rm -rf artifacts logs .snakemake searches

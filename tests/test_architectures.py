@@ -254,11 +254,15 @@ def test_two_adapters_of_different_rank_and_modules_share_one_graph(built, arch)
 
 
 def test_the_graph_has_lora_inputs_for_every_projection_of_the_family(built):
+    """One A per group of projection nodes reading the same tensor, one B per node: Llama-style
+    layers (packed q/k/v; gate and up apart, reading one tensor) have 4 groups and 5 nodes."""
     for arch, point in built["exact"].items():
-        spec = json.loads((point["export"].path / "model" / "lora_inputs.json").read_text())["inputs"]
-        modules = {v["module"].split(".", 3)[3] for v in spec.values()}
+        spec = json.loads((point["export"].path / "model" / "lora_inputs.json").read_text())
+        modules = {m.split(".", 3)[3] for v in spec["inputs"].values() for m in v["modules"]}
         assert modules == set(FAMILIES[arch].modules), arch
-        assert len(spec) == 2 * len(modules) * 2  # A and B, 2 layers
+        layer0 = [g for g in spec["groups"] if g["layer"] == 0]
+        assert (len(layer0), sum(len(g["nodes"]) for g in layer0)) == (4, 5), arch
+        assert len(spec["inputs"]) == 2 * (4 + 5)  # 2 layers
 
 
 @pytest.mark.parametrize("precision,option,nodes", [

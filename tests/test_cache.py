@@ -24,7 +24,7 @@ from modelmake.core.errors import ModelmakeError
 from modelmake.graph.cache import check_url, scrub
 from modelmake.recipe import RECIPE, build_plan
 
-SHARED = [s.name for s in RECIPE.stages if s.shared]
+SHARED = [s.name for s in RECIPE.stages if s.shared and s.when is None]  # of the default chain
 NOT_READ = {"base", "dataset", "quantize", "quality"}  # by the default targets of a clone that pulls
 
 

@@ -81,9 +81,14 @@ COVERED = {
                                                                 "tests/test_registry.py)",
     "AZURE_SUBSCRIPTION_ID=... AZURE_RESOURCE_GROUP=... AZUREML_WORKSPACE_NAME=... modelmake build register=azureml":
         "not here: Azure ML (tests/test_registry.py drives the Azure ML backend with a stand-in client)",
+    "python bench/decode.py": "bench/decode.py (make bench runs it: minutes of decode timing, not a test)",
+    "bench/gpu.sh --wheels .cache/wheels": "not in the suite: it downloads wheels from PyPI (docs/deploy.md)",
+    "bench/gpu.sh /tmp/gpu-check .cache/wheels": "not here: a GPU machine (its phases ran on a CPU with "
+                                                 "--device cpu --shape tiny; docs/deploy.md)",
 }
 # Commands that build SmolLM2 from scratch on other data: their plan and DAG run (a dry run).
-DRY = {"modelmake build experiment=smollm2 data.path=my.jsonl data.fields.user=question data.fields.assistant=answer",
+DRY = {"modelmake build experiment=smollm2 export=int4_merged",
+       "modelmake build experiment=smollm2 data.path=my.jsonl data.fields.user=question data.fields.assistant=answer",
        "modelmake build experiment=smollm2 data.fields.user=question data.fields.assistant=answer data.path=my.jsonl"}
 # Commands for a GPU node: here they end with the plan's refusal, as they should.
 REFUSED = {"modelmake build model=phi35_mini export=int4_cuda resources=gpu_node": "export.execution_provider"}

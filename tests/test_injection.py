@@ -47,6 +47,7 @@ def overrides(project: Path) -> list[str]:
         f"register.description={hostile('desc')}",
         f"register.name=n{hostile('name')}",
         f"report.title={hostile('title')}",
+        "export=int4_merged",  # every stage in the graph, the merged export's too
     ]
 
 

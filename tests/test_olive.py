@@ -188,7 +188,7 @@ def current() -> dict:
 
 def typed_oldest(files: Path) -> list[str]:
     return ["model=phi35_mini", "model.source=microsoft/Phi-3-mini-4k-instruct", "model.name=phi-3-mini-4k-instruct",
-            "model.revision=main", "quantize=awq_g64", "export=int4_cuda", "resources=gpu_node",
+            "model.revision=main", "quantize=awq_g64", "export=int4_cuda_merged", "resources=gpu_node",
             f"data.path={files}/dataset/dataset-classification.json",
             "data.template=<|user|>\\n{phrase}<|end|>\\n<|assistant|>\\n{tone}<|end|>",
             "data.response_marker=<|assistant|>\\n", "data.eval_fraction=0.3", "train.max_seq_len=1024",
@@ -198,7 +198,7 @@ def typed_oldest(files: Path) -> list[str]:
 
 
 def typed_middle(files: Path) -> list[str]:
-    return ["model=phi35_mini", f"model.revision={REV}", "quantize=awq_g64", "export=int4_cuda", "resources=gpu_node",
+    return ["model=phi35_mini", f"model.revision={REV}", "quantize=awq_g64", "export=int4_cuda_merged", "resources=gpu_node",
             f"data.path={files}/dataset/dataset-classification.json",
             "data.template=### Text: {phrase}\\n### The tone is:\\n{tone}",
             "data.response_marker=### The tone is:\\n", "data.eval_fraction=0.3", "train.max_seq_len=2048",
@@ -251,7 +251,9 @@ def test_what_differs_is_said(conf, files):
     assert rows[f"{pre}.corpus_strategy"].status == olive.DIFFERS
     assert "packs the records" in rows[f"{pre}.corpus_strategy"].note and "response only" in \
         rows[f"{pre}.corpus_strategy"].note
-    assert rows["passes.merge.type"].status == olive.DIFFERS and "no merged export" in rows["passes.merge.type"].note
+    merge = rows["passes.merge.type"]
+    assert merge.status == olive.DIFFERS and "export.merge=rtn" in merge.note and merge.became == ["export=int4_cuda_merged"]
+    assert mapped.values["export"] == "int4_cuda_merged" and mapped.until == "merged"
     assert rows["input_model.config.hf_config.from_pretrained_args.trust_remote_code"].status == olive.NOT_TAKEN
     assert "model.trust_remote_code" not in mapped.values
     assert any(r.status == olive.ADDED and "quantize=awq_g64" in r.became for r in mapped.rows)
@@ -426,7 +428,7 @@ def test_local_model_folder(files, tmp_path):
 
 def test_substitute_model_for_a_cpu_try(files):
     m = olive.map_config(oldest(), "c.json", olive.Options(base=files, model="tiny_phi3", cpu=True))
-    assert m.values["model"] == "tiny_phi3" and "model.source" not in m.values and m.values["export"] == "int4_cpu"
+    assert m.values["model"] == "tiny_phi3" and "model.source" not in m.values and m.values["export"] == "int4_merged"
     assert "resources" not in m.values
     assert keys(m.overrides())
 

@@ -136,6 +136,7 @@ def cmd_generate(args) -> int:
     from modelmake.data.templates import prompt_text
     from modelmake.stages.generate import stream
     from modelmake.stages.layout import ADAPTER_FILE, load_template
+    from modelmake.stages.merged_layout import merged_graph
 
     plan = build_plan(overrides=args.overrides)
     cfg, point = compose(plan.points[0]), plan.finals[0]
@@ -149,9 +150,13 @@ def cmd_generate(args) -> int:
         verify(ROOT / node.path, stage, node.key)
         return ROOT / node.path
 
-    model = Path(args.model) if args.model else checked("export") / "model"
+    merged = "merged" in point and not args.no_adapter and not args.adapter  # export=int4_merged deploys it
+    if args.model:
+        model = Path(args.model)
+    else:
+        model = merged_graph(checked("merged"), cfg.export.merge) if merged else checked("export") / "model"
     adapter = None
-    if not args.no_adapter:
+    if not args.no_adapter and not merged:
         adapter = Path(args.adapter) if args.adapter else checked("adapter") / ADAPTER_FILE
     text = args.prompt
     if not args.raw:  # the prompt as the adapter saw it in training: the dataset's own rendering
@@ -362,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*")
     g = sub.add_parser("generate", help="stream a generation with an adapter active")
     g.add_argument("--prompt", required=True)
-    g.add_argument("--model", help="onnxruntime-genai model folder (default: this config's export)")
+    g.add_argument("--model", help="onnxruntime-genai model folder (default: this config's export; "
+                   "its merged graph with export=int4_merged)")
     g.add_argument("--adapter", help=".onnx_adapter file (default: this config's adapter)")
     g.add_argument("--no-adapter", action="store_true", help="run the base graph alone")
     g.add_argument("--raw", action="store_true", help="send the prompt as is, without the data template")

@@ -17,17 +17,25 @@ from modelmake.core.errors import ModelmakeError
 class StageSpec:
     name: str
     doc: str                                  # what the artifact is, one line (rules, plan, docs)
-    config: tuple[str, ...]                   # config groups whose resolved values go into the key
-    inputs: tuple[str, ...] = ()              # upstream stages
+    # config groups (or dotted fields, `export.merge`) whose resolved values go into the key
+    config: tuple[str, ...]
+    # upstream stages; or, where the config chooses them (the merged export replaces the adapter in
+    # generate), a function of the config giving them
+    inputs: tuple[str, ...] | Callable[[DictConfig], tuple[str, ...]] = ()
     libraries: tuple[str, ...] = ()           # distributions whose versions go into the key
     data: Callable[[DictConfig], dict[str, str]] | None = None  # data files it reads -> sha256
     when: Callable[[DictConfig], bool] | None = None            # in the graph only when this holds
+    asked_by: str = ""                        # the config field `when` reads (named in its refusals)
+    unkeyed: tuple[str, ...] = ()             # dotted fields of `config` this stage does not read
     over_points: bool = False                 # one node over every point of a run or sweep (report)
     outputs: tuple[str, ...] = ()             # files beside the manifest Snakemake should name
     # a rebuild reproduces the artifact, so DVC versions it (dvc.yaml) and the shared cache holds it:
     # not a side effect's record (a registration) nor a view of one machine's measurements (the
     # report's decode speeds)
     shared: bool = True
+
+    def inputs_for(self, cfg: DictConfig) -> tuple[str, ...]:
+        return tuple(self.inputs(cfg)) if callable(self.inputs) else self.inputs
 
     @property
     def module(self) -> str:

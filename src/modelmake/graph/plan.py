@@ -36,9 +36,22 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _resolved(cfg: DictConfig, field: str):
+    v = OmegaConf.select(cfg, field, throw_on_missing=True)
+    return OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+
+
 def _keyed(spec: StageSpec, cfg: DictConfig, recipe: Recipe) -> tuple[dict, dict]:
-    config = {g: OmegaConf.to_container(cfg[g], resolve=True) for g in spec.config}
-    keyed = {g: {k: v for k, v in c.items() if k not in recipe.path_fields.get(g, ())} for g, c in config.items()}
+    """The stage's config slice (groups or dotted fields; `unkeyed` fields left out: the artifact
+    holds only what its key determines) and the part of it keyed (file paths left out: their
+    content is keyed instead)."""
+    config = {g: _resolved(cfg, g) for g in spec.config}
+    for field in spec.unkeyed:
+        group, _, name = field.partition(".")
+        if isinstance(config.get(group), dict):
+            config[group].pop(name, None)
+    keyed = {g: {k: v for k, v in c.items() if k not in recipe.path_fields.get(g, ())} if isinstance(c, dict) else c
+             for g, c in config.items()}
     return config, keyed
 
 
@@ -67,10 +80,13 @@ def plan_point(cfg: DictConfig, recipe: Recipe, overrides: tuple[str, ...] = (),
     for spec in recipe.stages:  # in dependency order
         if spec.over_points or (spec.when is not None and not spec.when(cfg)):
             continue
-        missing = [i for i in spec.inputs if i not in nodes]
+        inputs = spec.inputs_for(cfg)
+        missing = [i for i in inputs if i not in nodes]
         if missing:
-            raise ModelmakeError(f"stage {spec.name}: its inputs {missing} are not in this configuration's graph")
-        node = make_node(spec, cfg, recipe, {i: nodes[i] for i in spec.inputs}, overrides)
+            asked = f"config field '{spec.asked_by}': " if spec.asked_by else ""
+            raise ModelmakeError(f"{asked}stage {spec.name} needs {', '.join(missing)}, which this "
+                                 "configuration's graph does not have")
+        node = make_node(spec, cfg, recipe, {i: nodes[i] for i in inputs}, overrides)
         if into is not None:
             node = into.nodes.setdefault((spec.name, node.key), node)
         nodes[spec.name] = node
@@ -80,7 +96,7 @@ def plan_point(cfg: DictConfig, recipe: Recipe, overrides: tuple[str, ...] = (),
 def over_points_node(spec: StageSpec, plan: Plan, overrides: tuple[str, ...]) -> Node:
     """A stage over every point (the report): keyed by its inputs' keys in every point."""
     cfg = compose(plan.points[0], plan.recipe)
-    inputs = {f"{stage}.{i}": point[stage] for i, point in enumerate(plan.finals) for stage in spec.inputs}
+    inputs = {f"{stage}.{i}": point[stage] for i, point in enumerate(plan.finals) for stage in spec.inputs_for(cfg)}
     node = make_node(spec, cfg, plan.recipe, {}, overrides,
                      extra={"inputs": sorted(n.digest for n in inputs.values()), "points": len(plan.finals)})
     node.inputs = inputs

@@ -3,19 +3,25 @@
 The ORT-genai builder can only bake one adapter into a graph (and not at all with an AWQ
 checkpoint), so this module does the two halves itself:
 
-- `add_lora_inputs` rewrites a built graph: around every target projection (`MatMul` or
-  `MatMulNBits`) it adds `Y += (X @ A) @ B`, where `A` [in, r] and `B` [r, out] are graph inputs
-  with a symbolic rank and an *empty* default (r = 0). With no adapter active the branch adds
-  exactly zero, so the model is exactly the base; one graph serves every adapter.
+- `add_lora_inputs` rewrites a built graph: around the projection nodes (`MatMul` or
+  `MatMulNBits`) it adds `Y += (X @ A) @ B`, where `A` and `B` are graph inputs with a symbolic
+  rank and an *empty* default (r = 0). With no adapter active the branch adds exactly zero, so the
+  model is exactly the base; one graph serves every adapter.
 - `write_adapter` turns a peft adapter into an `.onnx_adapter` (onnxruntime's AdapterFormat),
   checking every parameter's name, shape and rank against the graph before anything is written.
 
-Naming: the input for peft module `model.layers.3.mlp.down_proj` is
-`lora.layers.3.mlp.down_proj.A` / `.B`, B as wide as the HF module. LoRA's scaling (alpha / r)
-is folded into B. How the builder lays each family's projections out is in `families`: where it
-splits one HF projection into several graph nodes (Phi-3's `gate_up_proj` becomes `gate_proj`
-and `up_proj`), B is sliced; where it packs several into one node (Llama's q/k/v into
-`qkv_proj`), each module's delta is padded into its own columns of that node.
+The inputs follow the graph's nodes, not the HF modules, so the branches cost as few nodes as the
+builder's layout allows (a decode step runs every one of them, adapter or not): the projection
+nodes of a layer that read the same tensor share one `A` (their modules' A side by side, rank
+R = the sum of their ranks), and each node has one `B` [R, node width] holding each module's B in
+its rows and its own columns, zeros elsewhere. So Llama's packed `qkv_proj` keeps one packed
+branch (one X @ A, one B, one Add; B split across its columns offline), its gate and up share
+X @ A, and Phi-3's split `gate_up_proj` needs no run-time Slice: the adapter file holds each
+node's part. `write_adapter` lays a peft adapter out so (LoRA's scaling, alpha / r, folded into B).
+
+Naming: group `g` of layer L (its nodes' paths under /model/layers.L/, `/` as `.`, joined by `+`)
+has `lora.layers.L.<g>.A` and, per node, `lora.layers.L.<node path>.B`, rank dim
+`lora_rank.L.<g>`. `lora_inputs.json` maps them to the HF modules.
 """
 
 from __future__ import annotations
@@ -32,20 +38,22 @@ from onnx import helper, numpy_helper
 from modelmake.core.errors import ModelmakeError
 from modelmake.models.families import Family, family_for_config, module_shapes, part_columns
 
-RANK_DIM = "lora_rank"  # + ".<layer>.<module>": each module's rank is its own symbolic dim
+RANK_DIM = "lora_rank"  # + ".<layer>.<group>": each group's rank is its own symbolic dim
+SPEC_FORMAT = 2  # lora_inputs.json: inputs per graph node group (1: per HF module, with run-time Pad/Slice)
 
 
-def rank_dim(layer: int, module: str) -> str:
+def rank_dim(layer: int, group: str) -> str:
     # One shared dim name would tell onnxruntime every rank is equal; an adapter on a subset of
     # modules (the rest keep rank 0) or with per-module ranks then fails in its memory planner
     # ("Shape mismatch attempting to re-use buffer. {0,256} != {4,256}").
-    return f"{RANK_DIM}.{layer}.{module}"
+    return f"{RANK_DIM}.{layer}.{group}"
+
+
 _PROJ_OPS = {"MatMul", "MatMulNBits"}
 
 
-def input_names(layer: int, module: str) -> tuple[str, str]:
-    base = f"lora.layers.{layer}.{module}"
-    return f"{base}.A", f"{base}.B"
+def _dotted(path: str) -> str:
+    return path.replace("/", ".")
 
 
 @dataclass
@@ -130,11 +138,12 @@ def add_lora_inputs(model: onnx.ModelProto, config: dict, targets: list[str]) ->
     """Insert optional LoRA branches for `targets` (HF modules, e.g. `self_attn.q_proj`) in every layer.
 
     `config` is the model's config.json: it names the family (hence the graph layout) and the widths.
-    Each target gets its own inputs A [in, r] and B [r, out], out = the HF module's width. Where
-    the builder packs several modules into one node (Llama's q/k/v), each module's delta is padded
-    into its own columns of that node; where it splits one module into several nodes (Phi-3's
-    gate_up), B is sliced. Returns the LoRA spec:
-    {"dtype": ..., "architecture": ..., "inputs": {name: {"shape": [in, "lora_rank.<layer>.<module>"], "module": ...}}}.
+    The projection nodes holding a target are grouped by the tensor X they read: one input A
+    [in, R] a group, one input B [R, node width] a node (the module docstring says how an adapter
+    fills them). Returns the LoRA spec: {"format", "dtype", "architecture", "inputs": {name:
+    {"shape", "modules"}}, "groups": [{"layer", "A", "modules", "nodes": [{"B", "width", "runs":
+    [[module, start, end, offset], ...]}]}]}: a run is columns [start, end) of an HF module that the
+    node computes at `offset` of its output.
     """
     family = family_for_config(config)
     shapes = module_shapes(family, config)
@@ -153,26 +162,20 @@ def add_lora_inputs(model: onnx.ModelProto, config: dict, targets: list[str]) ->
             consumers.setdefault(name, []).append(node)
     position = {node.name: i for i, node in enumerate(graph.node)}
     inputs: dict[str, dict] = {}
+    groups: list[dict] = []
     after: dict[str, list[onnx.NodeProto]] = {}
     wanted = set(targets)
+    order = list(family.modules)
+
+    def add_input(name: str, shape: list, modules: list[str]) -> None:
+        graph.input.append(helper.make_tensor_value_info(name, dtype, shape))
+        empty = [0 if isinstance(d, str) else d for d in shape]  # the default: rank 0, adds exactly zero
+        graph.initializer.append(numpy_helper.from_array(np.zeros(empty, np_dtype), name))
+        inputs[name] = {"shape": shape, "modules": modules}
+
     for layer in range(config["num_hidden_layers"]):
-        for target in targets:  # inputs in the order asked for
-            in_f, out_f = shapes[target]
-            a_name, b_name = input_names(layer, target)
-            rank = rank_dim(layer, target)
-            graph.input.extend([
-                helper.make_tensor_value_info(a_name, dtype, [in_f, rank]),
-                helper.make_tensor_value_info(b_name, dtype, [rank, out_f]),
-            ])
-            graph.initializer.extend([  # empty default: no adapter adds exactly zero
-                numpy_helper.from_array(np.zeros((in_f, 0), np_dtype), a_name),
-                numpy_helper.from_array(np.zeros((0, out_f), np_dtype), b_name),
-            ])
-            inputs[a_name] = {"shape": [in_f, rank], "module": f"model.layers.{layer}.{target}"}
-            inputs[b_name] = {"shape": [rank, out_f], "module": f"model.layers.{layer}.{target}"}
-        xa: dict[str, tuple[str, str]] = {}      # module -> (its X, X @ A)
-        slices: dict[str, int] = {}              # module -> B pieces made so far
         nodes = _layer_nodes(family, projs, layer, wanted)
+        by_x: dict[str, list[tuple[str, list[_Run], int]]] = {}
         for path in sorted(nodes, key=lambda p: position[projs[p].node.name]):
             proj, runs = projs[path], _runs(family, config, nodes[path])
             runs = [r for r in runs if r.module in wanted]
@@ -183,63 +186,60 @@ def add_lora_inputs(model: onnx.ModelProto, config: dict, targets: list[str]) ->
                     f"{family.architecture}'s config makes {[m for m, _ in nodes[path]]} "
                     f"[{shapes[runs[0].module][0] if runs else '?'}, {width}]: config and graph disagree"
                 )
-            x, y = proj.node.input[0], proj.node.output[0]
-            new, current = [], y
-            for j, run in enumerate(runs):
-                prefix = f"/lora/layers.{layer}/{run.module}"
-                a_name, b_name = input_names(layer, run.module)
-                if run.module not in xa:
-                    xa[run.module] = (x, f"{prefix}/XA")
-                    new.append(helper.make_node("MatMul", [x, a_name], [f"{prefix}/XA"], name=f"{prefix}/A/MatMul"))
-                elif xa[run.module][0] != x:
-                    raise ModelmakeError(f"graph nodes of model.layers.{layer}.{run.module} read different inputs")
-                k = slices.get(run.module, 0)
-                slices[run.module] = k + 1
-                b, n = b_name, run.end - run.start
-                if n != shapes[run.module][1]:  # this node holds part of the module: slice B's columns
-                    b = f"{prefix}/B_{k}"
-                    consts = [f"{prefix}/B_{k}/{c}" for c in ("starts", "ends", "axes")]
-                    for cname, val in zip(consts, (run.start, run.end, 1)):
-                        graph.initializer.append(numpy_helper.from_array(np.array([val], np.int64), cname))
-                    new.append(helper.make_node("Slice", [b_name, *consts], [b], name=f"{prefix}/B_{k}/Slice"))
-                if n != width:  # the node holds other modules too: zero columns around this one's
-                    pads = f"{prefix}/B_{k}/pads"
-                    graph.initializer.append(numpy_helper.from_array(
-                        np.array([0, run.offset, 0, width - run.offset - n], np.int64), pads))
-                    new.append(helper.make_node("Pad", [b, pads], [f"{b}/padded"], name=f"{prefix}/B_{k}/Pad"))
-                    b = f"{b}/padded"
-                delta = f"{prefix}/delta_{k}"
-                nxt = f"{y}/lora" if j == len(runs) - 1 else f"{y}/lora_{j}"
-                new += [
-                    helper.make_node("MatMul", [f"{prefix}/XA", b], [delta], name=f"{prefix}/B_{k}/MatMul"),
-                    helper.make_node("Add", [current, delta], [nxt], name=f"{prefix}/Add_{k}"),
-                ]
-                current = nxt
-            if not runs:
-                continue
-            for consumer in consumers.get(y, []):
-                for i, name in enumerate(consumer.input):
-                    if name == y:
-                        consumer.input[i] = current
-            after[proj.node.name] = new
+            if runs:
+                by_x.setdefault(proj.node.input[0], []).append((path, runs, width))
+        for x, members in by_x.items():
+            modules = sorted({r.module for _, runs, _ in members for r in runs}, key=order.index)
+            name = "+".join(_dotted(path) for path, _, _ in members)
+            rank, a_name = rank_dim(layer, name), f"lora.layers.{layer}.{name}.A"
+            prefix = f"/lora/layers.{layer}/{name}"
+            add_input(a_name, [projs[members[0][0]].in_features, rank], [f"model.layers.{layer}.{m}" for m in modules])
+            xa = f"{prefix}/XA"
+            first = projs[members[0][0]].node.name
+            after.setdefault(first, []).append(helper.make_node("MatMul", [x, a_name], [xa], name=f"{prefix}/A/MatMul"))
+            record = {"layer": layer, "A": a_name, "modules": modules, "nodes": []}
+            for path, runs, width in members:
+                proj = projs[path]
+                b_name = f"lora.layers.{layer}.{_dotted(path)}.B"
+                add_input(b_name, [rank, width], [f"model.layers.{layer}.{r.module}" for r in runs])
+                y, node_prefix = proj.node.output[0], f"/lora/layers.{layer}/{_dotted(path)}"
+                out = f"{y}/lora"
+                for consumer in consumers.get(y, []):
+                    for i, inp in enumerate(consumer.input):
+                        if inp == y:
+                            consumer.input[i] = out
+                after.setdefault(proj.node.name, []).extend([
+                    helper.make_node("MatMul", [xa, b_name], [f"{node_prefix}/delta"], name=f"{node_prefix}/B/MatMul"),
+                    helper.make_node("Add", [y, f"{node_prefix}/delta"], [out], name=f"{node_prefix}/Add"),
+                ])
+                record["nodes"].append({"B": b_name, "width": width,
+                                        "runs": [[r.module, r.start, r.end, r.offset] for r in runs]})
+            groups.append(record)
     ordered = []
     for node in graph.node:  # each branch right after its projection: X and Y are defined there
         ordered.append(node)
         ordered.extend(after.get(node.name, []))
     del graph.node[:]
     graph.node.extend(ordered)
-    return {"dtype": str(np_dtype), "architecture": family.architecture, "inputs": inputs}
+    return {"format": SPEC_FORMAT, "dtype": str(np_dtype), "architecture": family.architecture,
+            "inputs": inputs, "groups": groups}
 
 
 def lora_spec(model_dir: Path) -> dict:
     path = Path(model_dir) / "lora_inputs.json"
     if not path.exists():
         raise ModelmakeError(f"{path}: missing; the graph in {model_dir} was not built with LoRA inputs")
-    return json.loads(path.read_text())
+    spec = json.loads(path.read_text())
+    if spec.get("format") != SPEC_FORMAT:
+        raise ModelmakeError(f"{path}: LoRA inputs of format {spec.get('format', 1)}, this modelmake writes adapters "
+                             f"for format {SPEC_FORMAT}: rebuild the export")
+    return spec
 
 
-def peft_to_onnx_params(adapter_dir: Path, spec: dict, dtype) -> dict[str, np.ndarray]:
-    """Map a peft adapter's tensors onto the graph's LoRA inputs, refusing any mismatch."""
+def peft_to_onnx_params(adapter_dir: Path, spec: dict, dtype) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Map a peft adapter's tensors onto the graph's LoRA inputs (`spec`: lora_inputs.json), refusing
+    any mismatch: a group's A holds its modules' A side by side, each node's B their B in their rows
+    and its columns (zeros elsewhere); a group none of whose modules the adapter has stays empty."""
     from safetensors.numpy import load_file
 
     adapter_dir = Path(adapter_dir)
@@ -252,41 +252,59 @@ def peft_to_onnx_params(adapter_dir: Path, spec: dict, dtype) -> dict[str, np.nd
     if cfg.get("peft_type") != "LORA":
         raise ModelmakeError(f"{cfg_path}: field 'peft_type' is {cfg.get('peft_type')!r}, expected 'LORA'")
     tensors = load_file(weights_path)
-    params: dict[str, np.ndarray] = {}
     pat = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(.+)\.lora_([AB])\.weight$")
-    pairs: dict[str, dict[str, np.ndarray]] = {}
+    pairs: dict[tuple[int, str], dict[str, np.ndarray]] = {}
     for name, t in tensors.items():
         m = pat.match(name)
         if not m:
             raise ModelmakeError(f"{weights_path}: tensor '{name}' is not a LoRA A/B weight of a decoder layer")
-        pairs.setdefault(f"{m.group(1)}|{m.group(2)}", {})[m.group(3)] = t
-    for key, ab in sorted(pairs.items()):
-        layer, module = key.split("|")
-        a_name, b_name = input_names(int(layer), module)
+        pairs.setdefault((int(m.group(1)), m.group(2)), {})[m.group(3)] = t
+    where_group = {(g["layer"], m): g for g in spec["groups"] for m in g["modules"]}
+    targets = sorted({m for g in spec["groups"] for m in g["modules"]})
+    scaled: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}  # A [in, r], B*scale [r, out]
+    for (layer, module), ab in sorted(pairs.items()):
         where = f"{weights_path}: module model.layers.{layer}.{module}"
         if set(ab) != {"A", "B"}:
             raise ModelmakeError(f"{where} has lora_{'A' if 'A' in ab else 'B'} but not its pair")
-        if a_name not in spec:
+        group = where_group.get((layer, module))
+        if group is None:
             raise ModelmakeError(
-                f"{where} has no LoRA inputs in the exported graph (graph targets: "
-                f"{sorted({v['module'].split('.', 3)[3] for v in spec.values()})}); add it to export.lora_targets"
+                f"{where} has no LoRA inputs in the exported graph (graph targets: {targets}); "
+                "add it to export.lora_targets"
             )
         a, b = ab["A"], ab["B"]  # peft: A [r, in], B [out, r]
         r = a.shape[0]
         if b.shape[1] != r:
             raise ModelmakeError(f"{where}: lora_A has rank {r} but lora_B has rank {b.shape[1]}")
-        in_f, out_f = spec[a_name]["shape"][0], spec[b_name]["shape"][1]
+        in_f = spec["inputs"][group["A"]]["shape"][0]
+        out_f = max(run[2] for n in group["nodes"] for run in n["runs"] if run[0] == module)
         if a.shape[1] != in_f or b.shape[0] != out_f:
             raise ModelmakeError(
                 f"{where}: shape A{list(a.shape)} B{list(b.shape)} does not fit the graph "
                 f"(expects in={in_f}, out={out_f})"
             )
-        scale = _scaling(cfg, module, r)
-        params[a_name] = np.ascontiguousarray(a.T.astype(np.float32)).astype(dtype)
-        params[b_name] = np.ascontiguousarray(b.T.astype(np.float32) * scale).astype(dtype)
-    if not params:
+        scaled[(layer, module)] = (a.T.astype(np.float32), b.T.astype(np.float32) * _scaling(cfg, module, r))
+    if not scaled:
         raise ModelmakeError(f"{weights_path}: holds no LoRA weights")
-    return params
+    params: dict[str, np.ndarray] = {}
+    for group in spec["groups"]:
+        present = [m for m in group["modules"] if (group["layer"], m) in scaled]
+        if not present:
+            continue  # its inputs keep their empty defaults
+        rows, offset = {}, 0
+        for m in present:
+            r = scaled[(group["layer"], m)][0].shape[1]
+            rows[m], offset = (offset, offset + r), offset + r
+        params[group["A"]] = np.ascontiguousarray(
+            np.concatenate([scaled[(group["layer"], m)][0] for m in present], axis=1)).astype(dtype)
+        for node in group["nodes"]:
+            b = np.zeros((offset, node["width"]), np.float32)
+            for module, start, end, at in node["runs"]:
+                if module in rows:
+                    r0, r1 = rows[module]
+                    b[r0:r1, at:at + end - start] = scaled[(group["layer"], module)][1][:, start:end]
+            params[node["B"]] = b.astype(dtype)
+    return params, sorted({a.shape[1] for a, _ in scaled.values()})
 
 
 def _scaling(cfg: dict, module: str, r: int) -> float:
@@ -300,11 +318,10 @@ def write_adapter(adapter_dir: Path, model_dir: Path, out_path: Path) -> dict:
 
     spec = lora_spec(model_dir)
     dtype = np.dtype(spec["dtype"])
-    params = peft_to_onnx_params(adapter_dir, spec["inputs"], dtype)
+    params, ranks = peft_to_onnx_params(adapter_dir, spec, dtype)
     fmt = ort.AdapterFormat()
     fmt.set_adapter_version(1)
     fmt.set_model_version(1)
     fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in params.items()})
     fmt.export_adapter(str(out_path))
-    ranks = sorted({v.shape[1] for k, v in params.items() if k.endswith(".A")})
     return {"parameters": len(params), "ranks": ranks, "dtype": str(dtype)}

@@ -79,6 +79,40 @@ class OrtStepper:
         return np.stack(rows)
 
 
+class OrtSequence:
+    """Next-token logits of a whole sequence from an onnxruntime-genai graph in one forward pass
+    (plain onnxruntime, an empty KV cache), with an adapter active or not: what OrtStepper gives,
+    a prompt's worth of positions at a time (on SmolLM2, ~10x faster than one token a call)."""
+
+    def __init__(self, model_dir: Path, adapter: Path | None = None, threads: int = 1):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so.log_severity_level = 3  # not the LoRA inputs' "initializer appears in graph inputs" warnings
+        self.session = ort.InferenceSession(str(Path(model_dir) / "model.onnx"), so,
+                                            providers=["CPUExecutionProvider"])
+        self.run_options = ort.RunOptions()
+        if adapter is not None:
+            self.adapter = ort.LoraAdapter()
+            self.adapter.Load(str(adapter))
+            self.run_options.add_active_adapter(self.adapter)
+        import json
+
+        decoder = json.loads((Path(model_dir) / "genai_config.json").read_text())["model"]["decoder"]
+        self.past = {}
+        for i in self.session.get_inputs():
+            if i.name.startswith("past_key_values."):
+                dtype = np.float16 if "float16" in i.type else np.float32
+                self.past[i.name] = np.zeros((1, decoder["num_key_value_heads"], 0, decoder["head_size"]), dtype)
+
+    def __call__(self, ids: list[int]) -> np.ndarray:
+        x = np.asarray([ids], np.int64)
+        feeds = {"input_ids": x, "attention_mask": np.ones_like(x), **self.past}
+        logits = self.session.run(["logits"], feeds, self.run_options)[0]
+        return logits[0, :-1].astype(np.float32)
+
+
 def parity(a_fn, b_fn, seqs) -> dict:
     worst, agree, total = 0.0, 0, 0
     for ids in seqs:

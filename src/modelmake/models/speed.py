@@ -1,4 +1,5 @@
-"""Decode speed and time to first token, one engine per process, one thread, median of repeats.
+"""Decode speed and time to first token, one engine per process, one thread (or --threads N),
+median of repeats.
 
     python -m modelmake.models.speed ort --model DIR [--adapter FILE] --prompt-ids 1,2,3 --new-tokens 64
     python -m modelmake.models.speed hf  --model DIR [--adapter DIR]  --prompt-ids 1,2,3 --new-tokens 64
@@ -24,24 +25,25 @@ from modelmake.core.atomic import scratch_dir
 from modelmake.core.lifecycle import pdeathsig
 
 
-def _one_thread_copy(model_dir: Path, scratch: Path) -> Path:
-    """The model folder with `intra_op_num_threads: 1` in its genai_config (files linked, not copied)."""
+def _threads_copy(model_dir: Path, scratch: Path, threads: int = 1) -> Path:
+    """The model folder with `intra_op_num_threads: threads` in its genai_config (files linked, not copied)."""
     for f in model_dir.iterdir():
         if f.name != "genai_config.json":
             (scratch / f.name).symlink_to(f.resolve())
     cfg = json.loads((model_dir / "genai_config.json").read_text())
     opts = cfg["model"]["decoder"].setdefault("session_options", {})
-    opts["intra_op_num_threads"] = 1
+    opts["intra_op_num_threads"] = threads
     opts["inter_op_num_threads"] = 1
     (scratch / "genai_config.json").write_text(json.dumps(cfg))
     return scratch
 
 
-def run_ort(model_dir: Path, adapter: Path | None, ids: list[int], new_tokens: int, repeats: int) -> dict:
+def run_ort(model_dir: Path, adapter: Path | None, ids: list[int], new_tokens: int, repeats: int,
+            threads: int = 1) -> dict:
     import onnxruntime_genai as og
 
     with scratch_dir("speed") as scratch:
-        model = og.Model(str(_one_thread_copy(model_dir, scratch)))
+        model = og.Model(str(_threads_copy(model_dir, scratch, threads)))
         adapters = None
         if adapter:
             adapters = og.Adapters(model)
@@ -67,14 +69,15 @@ def run_ort(model_dir: Path, adapter: Path | None, ids: list[int], new_tokens: i
             ttft.append(t1 - ts)
             setup.append(ts - t0)
             rates.append((n - 1) / (t2 - t1))
-    return _summary(ttft[1:], rates[1:], n) | {"setup_s": statistics.median(setup[1:])}
+    return _summary(ttft[1:], rates[1:], n, threads) | {"setup_s": statistics.median(setup[1:])}
 
 
-def run_hf(model_dir: Path, adapter: Path | None, ids: list[int], new_tokens: int, repeats: int) -> dict:
+def run_hf(model_dir: Path, adapter: Path | None, ids: list[int], new_tokens: int, repeats: int,
+           threads: int = 1) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     if adapter:
         from peft import PeftModel
@@ -92,19 +95,21 @@ def run_hf(model_dir: Path, adapter: Path | None, ids: list[int], new_tokens: in
             n = out.shape[1] - len(ids)
             ttft.append(t1 - t0)
             rates.append((n - 1) / max(1e-9, (t2 - t1) - (t1 - t0)))
-    return _summary(ttft[1:], rates[1:], n)
+    return _summary(ttft[1:], rates[1:], n, threads)
 
 
-def _summary(ttft, rates, n) -> dict:
+def _summary(ttft, rates, n, threads) -> dict:
     return {"tokens_per_s": statistics.median(rates), "ttft_s": statistics.median(ttft), "new_tokens": n,
-            "samples_tokens_per_s": rates, "threads": 1}
+            "samples_tokens_per_s": rates, "threads": threads}
 
 
-def measure(engine: str, model: Path, adapter: Path | None, ids: list[int], new_tokens: int, repeats: int) -> dict:
-    """Run one engine in a fresh single-threaded process and return its JSON."""
-    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+def measure(engine: str, model: Path, adapter: Path | None, ids: list[int], new_tokens: int, repeats: int,
+            threads: int = 1) -> dict:
+    """Run one engine in a fresh process with `threads` threads (one by default) and return its JSON."""
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "modelmake.models.speed", engine, "--model", str(model),
-           "--prompt-ids", ",".join(map(str, ids)), "--new-tokens", str(new_tokens), "--repeats", str(repeats)]
+           "--prompt-ids", ",".join(map(str, ids)), "--new-tokens", str(new_tokens), "--repeats", str(repeats),
+           "--threads", str(threads)]
     if adapter:
         cmd += ["--adapter", str(adapter)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=pdeathsig)  # dies with the stage
@@ -121,10 +126,11 @@ def main() -> None:
     ap.add_argument("--prompt-ids", required=True)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     ids = [int(x) for x in a.prompt_ids.split(",")]
     fn = run_ort if a.engine == "ort" else run_hf
-    print(json.dumps(fn(a.model, a.adapter, ids, a.new_tokens, a.repeats)))
+    print(json.dumps(fn(a.model, a.adapter, ids, a.new_tokens, a.repeats, a.threads)))
 
 
 if __name__ == "__main__":

@@ -176,8 +176,13 @@ class PassMapping:
         self.fields(BUILDER, [p], show(p))
 
     def merge(self, name: str, p: tuple, passes) -> None:
-        self.row(self.pass_type(name), DIFFERS, note="modelmake has no merged export yet: the LoRA stays a separate "
-                 ".onnx_adapter on the int4 graph (the same function; peft cannot merge into AWQ weights)")
+        # the execution provider's row (inputs) already chose the export; its merged twin
+        target = {"int4_cuda": "int4_cuda_merged"}.get(self.values.get("export"), "int4_merged")
+        self.stages.add("merged")
+        self.row(self.pass_type(name), DIFFERS, {"export": target}, note="the merged stage: the fine-tune's LoRA "
+                 "merged into one int4 graph, no adapter file. Olive merges into the dequantized weights and the "
+                 "builder rounds them to int4 (export.merge=rtn); modelmake deploys AWQ re-run on the merged fp32 "
+                 "weights (export.merge=awq, the default) and evaluate scores both routes")
 
     def extract(self, name: str, p: tuple, passes) -> None:
         doc = self.doc

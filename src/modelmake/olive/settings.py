@@ -28,7 +28,7 @@ AZUREML = re.compile(r"^azureml://registries/(?P<registry>[^/]+)/models/(?P<name
 HF_URL = re.compile(r"^https://huggingface\.co/(?P<id>[^/]+/[^/]+)")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 GROUP_ORDER = ("model", "data", "quantize", "lora", "train", "export", "generate", "evaluate", "register", "resources")
-STAGE_ORDER = ("quantize", "finetune", "export", "adapter")
+STAGE_ORDER = ("quantize", "finetune", "export", "adapter", "merged")
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,13 @@ def check(cfg: DictConfig) -> None:
          f"must be int4 or fp32, got {cfg.export.precision!r}")
     need(cfg.export.execution_provider in ("cpu", "cuda", "dml"), "export.execution_provider",
          f"must be cpu, cuda or dml, got {cfg.export.execution_provider!r}")
+    head = cfg.export.get("lm_head", "fp32")
+    need(head in ("fp32", "int8", "int4"), "export.lm_head", f"must be fp32, int8 or int4, got {head!r}")
+    merge = cfg.export.get("merge")
+    need(merge in (None, "awq", "rtn"), "export.merge",
+         f"must be null (graph + adapter), awq or rtn (the merged graph: export=int4_merged), got {merge!r}")
+    need(merge is None or cfg.export.precision == "int4", "export.merge",
+         f"merges into an int4 graph; export.precision is {cfg.export.precision!r} (use export=int4_merged)")
     for f in ("train.weight_decay", "train.warmup_steps"):  # torch would fail (or silently ramp) late
         v = OmegaConf.select(cfg, f)
         need(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, f, f"must be >= 0, got {v!r}")

@@ -8,7 +8,11 @@ the quality stage, once per quantized model):
   fine-tuning, by scoring each label's log-likelihood after the prompt;
 - decode tokens/s and time to first token, onnxruntime-genai vs transformers on the same
   weights, each in its own one-thread process (`speed`);
-- sizes on disk of the graph and the adapter.
+- sizes on disk of the graph and the adapter;
+- with export=int4_merged, the merged graphs of both routes (merged-RTN, merged-AWQ) beside the
+  multi-LoRA graph + adapter: held-out perplexity, mean per-token KL from fp32+LoRA (torch, the
+  adapter on the unquantized base) and from AWQ+LoRA (torch, what was trained), the merged-AWQ
+  graph's parity against torch on its own int4 checkpoint, and decode speed of each.
 Writes metrics.json (a DVC metric) through the stage runner.
 """
 
@@ -23,9 +27,22 @@ import torch
 from modelmake.core.atomic import scratch_dir
 from modelmake.core.manifest import dir_size
 from modelmake.models.awq_fixes import dequantize_checkpoint, load_awq_model
-from modelmake.models.scoring import OrtStepper, label_accuracy, label_set, parity, perplexity, torch_logits
-from modelmake.stages.layout import ADAPTER_FILE, MODEL_DIR, read_split
+from modelmake.models.scoring import (
+    OrtSequence,
+    OrtStepper,
+    label_accuracy,
+    label_set,
+    mean_kl,
+    parity,
+    perplexity_of,
+    torch_logits,
+)
+from modelmake.stages.layout import ADAPTER_FILE, MODEL_DIR, model_location, read_split
+from modelmake.stages.merged_layout import MERGED_ROUTES, merged_graph
 from modelmake.stages.quality import eval_sequences
+
+# the deployed graphs the merged comparison scores: the multi-LoRA graph + adapter, each merged route
+GRAPHS = ("onnx_lora", *(f"merged_{r}" for r in MERGED_ROUTES))
 
 
 def sizes(node) -> dict:
@@ -51,7 +68,8 @@ def build(node, out: Path, cfg) -> dict:
     awq = load_awq_model(qdir, dtype=torch.float32)
     lora = PeftModel.from_pretrained(awq, n["finetune"].path / "adapter").eval()
     torch_fn = lambda ids: torch_logits(lora, ids)  # noqa: E731
-    metrics["ppl_awq_lora"] = perplexity(torch_fn, seqs)
+    awq_lora = [torch_fn(ids) for ids in seqs]
+    metrics["ppl_awq_lora"] = perplexity_of(awq_lora, seqs)
     train_records = read_split(n["dataset"].path, "train")
     labels = label_set(train_records + records, e.max_labels) if e.task != "lm" else None
     if labels:
@@ -62,8 +80,13 @@ def build(node, out: Path, cfg) -> dict:
         metrics["accuracy_majority"] = sum(r["completion"] == prior for r in records) / len(records)
 
     onnx_fn = OrtStepper(onnx_dir, adapter_file)
-    metrics["ppl_onnx_lora"] = perplexity(onnx_fn, seqs)
+    onnx_logits = [onnx_fn(ids) for ids in seqs]
+    metrics["ppl_onnx_lora"] = perplexity_of(onnx_logits, seqs)
     metrics |= {f"parity_{k}": v for k, v in parity(onnx_fn, torch_fn, seqs[: e.parity_records]).items()}
+    merged_dir = n["merged"].path if "merged" in n else None
+    if merged_dir is not None:
+        del lora, awq
+        metrics |= compare_merged(n, merged_dir, seqs, awq_lora, e.parity_records, cfg.threads)
 
     if e.speed.enabled:
         ids = tok(records[0]["prompt"], add_special_tokens=False)["input_ids"]
@@ -76,4 +99,40 @@ def build(node, out: Path, cfg) -> dict:
                                "ort_int4_setup_s": ort["setup_s"], "hf_fp32_tokens_per_s": hf["tokens_per_s"],
                                "hf_fp32_ttft_s": hf["ttft_s"],
                                "speedup_ort_vs_hf": ort["tokens_per_s"] / hf["tokens_per_s"]}
+        if merged_dir is not None:
+            for route in MERGED_ROUTES:
+                r = measure("ort", merged_graph(merged_dir, route), None, ids, e.speed.new_tokens, e.speed.repeats)
+                metrics["measured"] |= {f"merged_{route}_tokens_per_s": r["tokens_per_s"],
+                                        f"merged_{route}_ttft_s": r["ttft_s"]}
     return metrics | sizes(node)
+
+
+def compare_merged(n, merged_dir: Path, seqs, awq_lora, parity_records: int, threads: int) -> dict:
+    """The deployed graphs against what the adapter was meant to compute: perplexity, KL from
+    fp32+LoRA and from AWQ+LoRA (torch) of the multi-LoRA graph + adapter and of both merged graphs,
+    and the merged-AWQ graph's parity with torch running its own int4 checkpoint."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    fp32 = AutoModelForCausalLM.from_pretrained(model_location(n["base"].path), dtype=torch.float32).eval()
+    fp32_lora = PeftModel.from_pretrained(fp32, n["finetune"].path / "adapter").eval()
+    ref = [torch_logits(fp32_lora, ids) for ids in seqs]
+    del fp32_lora, fp32
+    out = {"ppl_fp32_lora": perplexity_of(ref, seqs), "kl_fp32lora_awq_lora": mean_kl(ref, awq_lora)}
+    # every deployed graph scored the same way: one forward pass a record (plain onnxruntime)
+    graphs = {"onnx_lora": (n["export"].path / MODEL_DIR, n["adapter"].path / ADAPTER_FILE),
+              **{f"merged_{r}": (merged_graph(merged_dir, r), None) for r in MERGED_ROUTES}}
+    logits = {}
+    for name, (graph, adapter) in graphs.items():
+        score = OrtSequence(graph, adapter, threads)
+        logits[name] = [score(ids) for ids in seqs]
+    # the merged-AWQ graph decoding token by token against torch on the same merged int4 weights
+    ckpt = load_awq_model(merged_dir / "awq" / "checkpoint", dtype=torch.float32)
+    p = parity(OrtStepper(merged_graph(merged_dir, "awq")), lambda ids: torch_logits(ckpt, ids),
+               seqs[:parity_records])
+    out |= {f"merged_awq_parity_{k}": v for k, v in p.items()}
+    for name in GRAPHS:
+        out[f"ppl_{name}"] = perplexity_of(logits[name], seqs)
+        out[f"kl_fp32lora_{name}"] = mean_kl(ref, logits[name])
+        out[f"kl_awqlora_{name}"] = mean_kl(awq_lora, logits[name])
+    return out

@@ -10,74 +10,29 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
-from importlib.metadata import version
 from pathlib import Path
 
 import onnx
 
 from modelmake.core.atomic import scratch_dir
-from modelmake.core.errors import ModelmakeError
-from modelmake.core.lifecycle import pdeathsig
 from modelmake.core.manifest import dir_size
+from modelmake.models.builder import pin_producer, run_builder, smoke_test
 from modelmake.models.families import family_for_config, resolve_export_targets
 from modelmake.models.onnx_lora import add_lora_inputs
 
+__all__ = ["add_lora", "build", "run_builder", "smoke_test"]
+
 log = logging.getLogger(__name__)
-
-
-def run_builder(src: Path, out: Path, e, cache: Path, log_path: Path) -> None:
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out),
-           "-p", e.precision, "-e", e.execution_provider, "-c", str(cache), "--extra_options", "hf_token=false"]
-    if e.precision == "int4":
-        cmd.append(f"accuracy_level={e.accuracy_level}")
-        if e.exclude_lm_head:
-            # AWQ keeps lm_head and the token embeddings in full precision. For a model with tied
-            # embeddings (SmolLM2, small Qwen2) the builder would RTN-quantize the embedding table
-            # to int4 (GatherBlockQuantized): on SmolLM2 that moved logits by up to 9 against the
-            # torch AWQ model and held-out perplexity by 7 %. Excluded, the builder shares lm_head's
-            # full-precision matrix with the Gather.
-            cmd.append("nodes_to_exclude=/lm_head/MatMul,/model/embed_tokens/Gather")
-    log.info("builder: %s", " ".join(cmd))
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, preexec_fn=pdeathsig)  # dies with the stage
-    if proc.returncode != 0 or not (out / "model.onnx").exists():
-        text = log_path.read_text(errors="replace")
-        cause = next((c for c in ("No space left on device", "Disk quota exceeded", "Cannot allocate memory",
-                                  "out of memory") if c in text), None)
-        lines = [line for line in text.splitlines() if line.strip()]
-        last = cause or (lines[-1] if lines else "no output")
-        raise ModelmakeError(f"onnxruntime-genai builder failed (exit {proc.returncode}): {last}; its log: {log_path}")
 
 
 def add_lora(model_dir: Path, config: dict, targets: list[str]) -> dict:
     path = model_dir / "model.onnx"
     model = onnx.load(path, load_external_data=False)  # weights stay in model.onnx.data untouched
     spec = add_lora_inputs(model, config, list(targets))
-    # the builder stamps `0.18.0+<commit>`-style versions that vary by install: one per version
-    # keeps a rebuild byte-identical
-    model.producer_version = version("onnxruntime-genai")
+    pin_producer(model)
     onnx.save(model, path)
     (model_dir / "lora_inputs.json").write_text(json.dumps(spec, indent=2))
     return spec
-
-
-def smoke_test(model_dir: Path) -> float:
-    """Load the graph with onnxruntime-genai and run a short prompt: finite, non-zero logits or refuse."""
-    import numpy as np
-    import onnxruntime_genai as og
-
-    model = og.Model(str(model_dir))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=16)
-    gen = og.Generator(model, params)
-    gen.append_tokens(og.Tokenizer(model).encode("Hello"))
-    logits = np.asarray(gen.get_logits())
-    if not np.isfinite(logits).all() or not np.abs(logits).max() > 0:
-        raise ModelmakeError(f"{model_dir}: exported graph produces non-finite logits")
-    return float(np.abs(logits).max())
 
 
 def build(node, out: Path, cfg) -> dict:

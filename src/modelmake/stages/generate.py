@@ -61,21 +61,28 @@ def stream(model_dir: Path, text: str, adapter: Path | None = None, max_new_toke
 
 def build(node, out: Path, cfg) -> dict:
     from modelmake.data.templates import prompt_text
-    from modelmake.stages.layout import ADAPTER_FILE, load_template
+    from modelmake.stages.layout import ADAPTER_FILE, MODEL_DIR, load_template
+    from modelmake.stages.merged_layout import merged_graph
 
     g = cfg.generate
     text = prompt_text(*load_template(node.inputs["dataset"].path), g.prompt)
-    model_dir = node.inputs["export"].path / "model"
+    base_dir = node.inputs["export"].path / MODEL_DIR
+    if "merged" in node.inputs:  # export=int4_merged: the merged graph alone, no adapter file
+        route = cfg.export.merge
+        tuned = (merged_graph(node.inputs["merged"].path, route), None, f"merged graph ({route}), no adapter file")
+    else:
+        tuned = (base_dir, node.inputs["adapter"].path / ADAPTER_FILE, "adapter active")
     runs = {}
-    # the fine-tuned answer next to the base model's: the same graph, with and without the adapter
-    for name, adapter in (("adapter", node.inputs["adapter"].path / ADAPTER_FILE), ("base", None)):
-        label = "adapter active" if adapter else "base model, no adapter"
+    # the fine-tuned answer next to the base model's: the base graph with no adapter
+    for name, (model_dir, adapter, label) in (("adapter", tuned), ("base", (base_dir, None, "base model, no adapter"))):
         print(f"--- prompt ---\n{text}--- completion ({label}) ---", flush=True)
         runs[name] = stream(model_dir, text, adapter, g.max_new_tokens, g.do_sample, g.temperature, g.top_p)
         print(f"--- {runs[name]['new_tokens']} tokens, {runs[name]['tokens_per_s']:.0f} tokens/s ---", flush=True)
     timing = ("seconds", "tokens_per_s", "time_to_first_token_s")  # of this machine: the journal's
     result = {k: v for k,
               v in runs["adapter"].items() if k not in timing} | {"base_completion": runs["base"]["completion"]}
+    if "merged" in node.inputs:
+        result["merged_route"] = cfg.export.merge
     (out / "generation.json").write_text(json.dumps(result, indent=2))
     (out / "generation.txt").write_text(
         f"{g.prompt}\n\n[fine-tuned]\n{runs['adapter']['completion'].strip()}\n\n"

@@ -47,12 +47,14 @@ def _clone_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfileobj(fi, fo, 1 << 20)
 
 
-def stage_asset(export_dir: Path, adapter_file: Path, adapter_name: str, asset: Path) -> str:
-    """Lay out `asset/model/...` and `asset/adapters/<name>.onnx_adapter`; return its content hash."""
-    for f in sorted((export_dir / "model").rglob("*")):
+def stage_asset(model_dir: Path, adapter_file: Path | None, adapter_name: str, asset: Path) -> str:
+    """Lay out `asset/model/...` and `asset/adapters/<name>.onnx_adapter` (none for a merged graph);
+    return its content hash."""
+    for f in sorted(model_dir.rglob("*")):
         if f.is_file():
-            _clone_or_copy(f, asset / "model" / f.relative_to(export_dir / "model"))
-    _clone_or_copy(adapter_file, asset / "adapters" / f"{adapter_name}.onnx_adapter")
+            _clone_or_copy(f, asset / "model" / f.relative_to(model_dir))
+    if adapter_file is not None:
+        _clone_or_copy(adapter_file, asset / "adapters" / f"{adapter_name}.onnx_adapter")
     return hashlib.sha256(json.dumps(file_hashes(asset), sort_keys=True).encode()).hexdigest()
 
 
@@ -274,6 +276,10 @@ class AzureMLRegistry:
 def describe(cfg) -> str:
     """The registered model's description, from what it is: model, data, LoRA and the export."""
     data = Path(cfg.data.path).name
+    if cfg.export.get("merge"):
+        return (f"{cfg.model.name} with a LoRA adapter (r={cfg.lora.r}) fine-tuned on {data}, merged into its "
+                f"weights ({cfg.export.merge}): {cfg.export.precision} onnxruntime-genai graph "
+                f"({cfg.export.execution_provider}), no adapter file")
     return (f"{cfg.model.name} with a LoRA adapter (r={cfg.lora.r}) fine-tuned on {data}: "
             f"{cfg.export.precision} onnxruntime-genai graph ({cfg.export.execution_provider}) + .onnx_adapter")
 
@@ -290,13 +296,17 @@ def receipts(register_dir: Path) -> list[dict]:
 
 
 def build(node, out: Path, cfg, azure_client=None) -> dict:
-    from modelmake.stages.layout import ADAPTER_FILE
+    from modelmake.stages.layout import ADAPTER_FILE, MODEL_DIR
+    from modelmake.stages.merged_layout import merged_graph
 
     r = cfg.register
-    export_dir, adapter_dir = node.inputs["export"].path, node.inputs["adapter"].path
-    for artifact in (export_dir, adapter_dir, node.inputs["generate"].path):
-        verify(artifact)  # the manifest must match the files it describes
-    digest = stage_asset(export_dir, adapter_dir / ADAPTER_FILE, r.adapter_name, out / "asset")
+    for artifact in node.inputs.values():
+        verify(artifact.path)  # the manifest must match the files it describes
+    if "merged" in node.inputs:  # export=int4_merged: the merged graph alone
+        model_dir, adapter_file = merged_graph(node.inputs["merged"].path, cfg.export.merge), None
+    else:
+        model_dir, adapter_file = node.inputs["export"].path / MODEL_DIR, node.inputs["adapter"].path / ADAPTER_FILE
+    digest = stage_asset(model_dir, adapter_file, r.adapter_name, out / "asset")
     tags = {str(k): str(v) for k, v in (r.tags or {}).items()} | lineage_tags(node)
     description = r.description or describe(cfg)
     if r.backend == "local":
@@ -309,6 +319,6 @@ def build(node, out: Path, cfg, azure_client=None) -> dict:
                                     out / "model.yml")
     else:
         raise ModelmakeError(f"register.backend: must be 'local' or 'azureml', got {r.backend!r}")
-    receipt |= {"content_sha256": digest, "adapter_name": r.adapter_name}
+    receipt |= {"content_sha256": digest, "adapter_name": r.adapter_name if adapter_file else None}
     (out / RECEIPT).write_text(json.dumps(receipt, indent=2, default=str))
     return {k: receipt[k] for k in ("registry", "name", "version", "uri", "created")}

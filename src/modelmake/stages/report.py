@@ -118,7 +118,32 @@ def tables(points: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
                   "HF TTFT ms", "fp32 MB", "AWQ MB", "ONNX MB", "adapter MB"]
     out.append(("Speed (one thread, median, measured on this machine) and size on disk (MB = 10^6 bytes)",
                 speed_cols, [speed_row(p) for p in points]))
+    merged = [p for p in points if "kl_fp32lora_merged_awq" in p["metrics"]]
+    if merged:
+        out.append(merged_table(merged))
     return out
+
+
+MERGED_ROWS = (("awq_lora", "AWQ+LoRA (torch, as trained)", None),
+               ("onnx_lora", "multi-LoRA graph + adapter", "ort_int4"),
+               ("merged_rtn", "merged-RTN (Olive: dequantized AWQ + LoRA, RTN int4)", "merged_rtn"),
+               ("merged_awq", "merged-AWQ (fp32 + LoRA, AWQ re-run)", "merged_awq"))
+
+
+def merged_table(points: list[dict]) -> tuple[str, list[str], list[list[str]]]:
+    """export=int4_merged: each deployed graph against fp32+LoRA and AWQ+LoRA (torch), and its speed."""
+    rows = []
+    for p in points:
+        m, me = p["metrics"], p["measured"]
+        rows.append([p["label"], "fp32+LoRA (torch)", fmt(m.get("ppl_fp32_lora")), "0", "–", "–", "–"])
+        for key, name, speed in MERGED_ROWS:
+            kl_awq = "0" if key == "awq_lora" else fmt(m.get(f"kl_awqlora_{key}"), 3)
+            rows.append([p["label"], name, fmt(m.get(f"ppl_{key}")), fmt(m.get(f"kl_fp32lora_{key}"), 3), kl_awq,
+                         fmt(me.get(f"{speed}_tokens_per_s"), 5) if speed else "–",
+                         fmt(1000 * me[f"{speed}_ttft_s"], 3) if speed and f"{speed}_ttft_s" in me else "–"])
+    return ("The adapter merged (export=int4_merged): held-out perplexity, mean per-token KL from fp32+LoRA and "
+            "from AWQ+LoRA (torch), decode speed (one thread)",
+            ["point", "model", "perplexity", "KL(fp32+LoRA‖·)", "KL(AWQ+LoRA‖·)", "tok/s", "TTFT ms"], rows)
 
 
 def plot_losses(points, path: Path) -> None:
@@ -186,7 +211,9 @@ def plot_search_history(values: list[float], metric: str, direction: str, path: 
 
 def shared_artifacts(points) -> list[str]:
     lines = []
-    for stage in ("base", "dataset", "quantize", "quality", "export", "finetune", "adapter"):
+    for stage in ("base", "dataset", "quantize", "quality", "export", "finetune", "adapter", "merged"):
+        if not all(stage in p["keys"] for p in points):
+            continue  # a stage some configurations leave out (merged: export=int4_merged)
         keys = {p["keys"][stage] for p in points}
         lines.append(f"{stage}: {len(keys)} artifact(s) for {len(points)} point(s)")
     return lines
@@ -212,6 +239,11 @@ def notes(points: list[dict]) -> list[str]:
                        f"inside its 95 % bootstrap interval over the {m.get('eval_records')} held-out records "
                        f"[{ci[0]:+.3g}, {ci[1]:+.3g}]: the split is too small to tell them apart by perplexity "
                        "(the KL from fp32 is the steadier measure)")
+        kr, ka = m.get("kl_fp32lora_merged_rtn"), m.get("kl_fp32lora_merged_awq")
+        if kr and ka is not None:
+            out.append(f"{p['label']}: merged-AWQ's KL from fp32+LoRA is {ka / kr:.2f}x merged-RTN's ({ka:.3g} vs "
+                       f"{kr:.3g}; the goal is at most 0.5x, as AWQ vs RTN on the base: "
+                       f"{fmt(m.get('kl_awq_int4'), 3)} vs {fmt(m.get('kl_rtn_int4'), 3)})")
     return out
 
 
