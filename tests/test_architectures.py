@@ -52,6 +52,7 @@ def make_checkpoint(arch: str, out: Path, seed: int) -> Path:
     from omegaconf import OmegaConf
 
     from modelmake.models.tiny import (
+        PHI3_STOP_TOKENS,
         corpus_texts,
         hf_tokenizer,
         pack_sequences,
@@ -71,7 +72,9 @@ def make_checkpoint(arch: str, out: Path, seed: int) -> Path:
         vocab_size=padded_vocab(len(tok), 64, widths), hidden_size=hidden, intermediate_size=inter,
         num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=kv_heads,
         max_position_embeddings=512, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra,
+        # Phi-3's stop tokens, as a real checkpoint declares them (the template's <|end|> among them)
+        eos_token_id=[tok.convert_tokens_to_ids(t) for t in PHI3_STOP_TOKENS], pad_token_id=tok.pad_token_id,
+        **extra,
     )
     model = getattr(transformers, arch)(config)
     with torch.no_grad():  # transformers initialises biases to zero; the builder drops all-zero biases
@@ -80,6 +83,8 @@ def make_checkpoint(arch: str, out: Path, seed: int) -> Path:
                 p.normal_(0, 0.1)
     settings = OmegaConf.create({"steps": 60, "batch_size": 16, "lr": 3e-3, "warmup": 10})
     pretrain(model, pack_sequences(tok, texts, 64), settings, seed=seed)
+    model.generation_config = transformers.GenerationConfig(
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
