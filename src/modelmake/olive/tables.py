@@ -103,6 +103,9 @@ BUILDER = (
     Field(("exclude_lm_head",), "export.exclude_lm_head", boolean),
 )
 
+SHARED_CACHE = ("Olive's shared Azure cache; modelmake's is cache=azure (cache.url or $MODELMAKE_CACHE, "
+                "docs/cache.md), a machine's setting rather than an experiment's")
+
 # Why a setting no mapping reads is not taken, by its name (or `parent.name` where the name alone is
 # ambiguous). Anything else: "modelmake has no such setting".
 REASONS = {
@@ -112,8 +115,7 @@ REASONS = {
     "cache_dir": "modelmake's artifacts/ is its cache: every artifact keyed by what built it",
     "clean_cache": "modelmake's cache is keyed by content: nothing stale to clean",
     "clean_evaluation_cache": "modelmake's cache is keyed by content: nothing stale to clean",
-    "cache_config": "Olive's shared Azure cache; modelmake shares artifacts through DVC (docs/sharing.md)",
-    "enable_shared_cache": "Olive's shared Azure cache; modelmake shares artifacts through DVC (docs/sharing.md)",
+    "cache_config": SHARED_CACHE, "enable_shared_cache": SHARED_CACHE,
     "output_dir": "artifacts stay at artifacts/<stage>/<key>/ (`modelmake plan` prints them; artifacts=DIR moves "
                   "the whole store); nothing is copied elsewhere",
     "output_name": "artifacts are named by stage and key",
