@@ -131,6 +131,19 @@ def test_lora_only_change_keeps_quantize_and_export_keys():
     assert [s for s in a if a[s].key != b[s].key] == ["finetune", "adapter", "generate", "evaluate", "register"]
 
 
+@pytest.mark.parametrize("override,first", [
+    ("model.template=<|user|>\\n{prompt}<|end|>\\n<|assistant|>\\n{response}<|end|><|endoftext|>", "dataset"),
+    ("model.cpu_accuracy_level=4", "export"),  # SmolLM2's preset sets it (to 1)
+])
+def test_a_model_presets_default_for_another_stage_rekeys_from_that_stage(override, first):
+    """model.template and model.cpu_accuracy_level are read through data.template and
+    export.accuracy_level: the base's key does not move, the stage that reads them does."""
+    preset = ["experiment=smollm2"] if override.startswith("model.cpu_") else []
+    a, b = build_plan(overrides=preset).finals[0], build_plan(overrides=[*preset, override]).finals[0]
+    changed = [s for s in a if a[s].key != b[s].key]
+    assert changed and changed[0] == first and a["base"].key == b["base"].key
+
+
 def test_key_covers_the_code_a_stage_imports():
     files = build_plan().finals[0]["finetune"].code["files"]
     assert "src/modelmake/stages/finetune.py" in files and "src/modelmake/models/awq_fixes.py" in files

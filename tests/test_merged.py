@@ -223,3 +223,18 @@ def test_generate_streams_from_the_merged_graph_without_an_adapter_file(project,
     r = run(project, sys.executable, "-m", "modelmake", "generate", "--prompt", "What food should I try in Lisbon?",
             "--max-new-tokens", "8", *EXACT)
     assert r.returncode == 0 and r.stdout.strip(), r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("pattern", ["q_proj", "self_attn.q_proj", "layers.1.self_attn.q_proj",
+                                     r"layers\.\d+\.mlp\.down_proj", "model.layers.1.self_attn.q_proj", "proj"])
+@pytest.mark.parametrize("module", ["model.layers.1.self_attn.q_proj", "model.layers.0.self_attn.q_proj",
+                                    "model.layers.2.mlp.down_proj"])
+def test_rank_and_alpha_patterns_are_looked_up_as_peft_does(pattern, module):
+    """The merge's rank check and the adapter writer's alpha read rank_pattern/alpha_pattern with
+    peft's own rule (a regex on the end of the full module name), not by the last name only."""
+    from peft.utils.other import get_pattern_key
+
+    from modelmake.models.peft_patterns import pattern_value
+
+    patterns = {pattern: 32}
+    assert pattern_value(patterns, module, 8) == patterns.get(get_pattern_key(patterns.keys(), module), 8)

@@ -198,7 +198,8 @@ def typed_oldest(files: Path) -> list[str]:
 
 
 def typed_middle(files: Path) -> list[str]:
-    return ["model=phi35_mini", f"model.revision={REV}", "quantize=awq_g64", "export=int4_cuda_merged", "resources=gpu_node",
+    return ["model=phi35_mini", f"model.revision={REV}", "quantize=awq_g64", "export=int4_cuda_merged",
+            "resources=gpu_node",
             f"data.path={files}/dataset/dataset-classification.json",
             "data.template=### Text: {phrase}\\n### The tone is:\\n{tone}",
             "data.response_marker=### The tone is:\\n", "data.eval_fraction=0.3", "train.max_seq_len=2048",
@@ -252,7 +253,8 @@ def test_what_differs_is_said(conf, files):
     assert "packs the records" in rows[f"{pre}.corpus_strategy"].note and "response only" in \
         rows[f"{pre}.corpus_strategy"].note
     merge = rows["passes.merge.type"]
-    assert merge.status == olive.DIFFERS and "export.merge=rtn" in merge.note and merge.became == ["export=int4_cuda_merged"]
+    assert merge.status == olive.DIFFERS and "export.merge=rtn" in merge.note
+    assert merge.became == ["export=int4_cuda_merged"]
     assert mapped.values["export"] == "int4_cuda_merged" and mapped.until == "merged"
     assert rows["input_model.config.hf_config.from_pretrained_args.trust_remote_code"].status == olive.NOT_TAKEN
     assert "model.trust_remote_code" not in mapped.values

@@ -78,6 +78,7 @@ EVERYTHING_BUT_BASE = once("dataset", "quantize", "quality", "finetune", "export
     ("stages/dataset.py", EVERYTHING_BUT_BASE),
     ("data/records.py", EVERYTHING_BUT_BASE),
     ("models/onnx_lora.py", once("export", "adapter", "generate", *TAIL)),
+    ("models/builder.py", once("export", "adapter", "generate", *TAIL)),
     ("stages/generate.py", once("generate", "register", "report")),
     ("stages/report.py", once("report")),
     ("models/awq_fixes.py", once("quality", "finetune", "export", "adapter", "generate", *TAIL)),  # no re-quantize

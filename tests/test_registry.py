@@ -196,3 +196,49 @@ def test_concurrent_registrations_to_one_sqlite_registry_all_succeed(tmp_path):
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
     assert sorted(o[0].strip().splitlines()[-1] for o in outs) == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("replacement", ["empty", "other content"])
+def test_a_replaced_registry_database_is_refused_naming_the_lost_version(tmp_path, replacement):
+    """A receipt names version 1 of a model; the database now holds no such version, or one with other
+    content: registering refuses (a fresh one would number from 1 again), naming the version. Each
+    step is its own process, as each register job is."""
+    import subprocess
+    import textwrap
+
+    (tmp_path / "step.py").write_text(textwrap.dedent("""
+        import json, sys
+        from pathlib import Path
+        from modelmake.core.errors import ModelmakeError
+        from modelmake.stages.register import MlflowRegistry
+        asset, receipts = sys.argv[1], json.loads(sys.argv[2])
+        r = MlflowRegistry("sqlite:///reg/mlflow.db", "reg/artifacts", "modelmake", receipts=receipts)
+        if asset == "-":
+            r._create_db()
+            sys.exit(0)
+        try:
+            out = r.register("ft", None, "d", {"modelmake.t": "1"}, Path(asset), "digest-" + asset)
+        except ModelmakeError as e:
+            sys.exit(str(e))
+        print(json.dumps(out | {"content_sha256": "digest-" + asset}))
+    """))
+
+    def step(asset: str, receipts=()) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "step.py", asset, json.dumps(list(receipts))], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+
+    for name in "ab":
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text(name)
+    first = step("a")
+    assert first.returncode == 0, first.stderr[-2000:]
+    receipt = json.loads(first.stdout.strip().splitlines()[-1])
+    shutil.rmtree(tmp_path / "reg")
+    if replacement == "other content":  # a fresh database where version 1 is something else
+        assert step("b").returncode == 0
+    else:
+        (tmp_path / "reg").mkdir()
+        assert step("-").returncode == 0
+    again = step("b", [receipt])
+    assert again.returncode != 0 and "lost version 1 of 'ft'" in again.stderr.strip().splitlines()[-1], \
+        again.stderr[-2000:]

@@ -18,8 +18,9 @@ bounded.
 Quirks of Azurite 3.37 seen here (Node.js 20):
 - telemetry is on by default; with it on, the first SIGTERM prints "successfully closed" and the node
   process stays ~20 s (flushing telemetry to a network it cannot reach). `--disableTelemetry`
-  makes it exit in a fraction of a second; we pass it, and still follow up with SIGKILL after a short
-  grace on the same process group, so no step after ours finds it still listening.
+  makes it exit in a fraction of a second; we pass it, and still follow up with SIGKILL after a
+  grace (10 s: on a loaded machine 2 s killed it before it saved its metadata, and a restart lost
+  the container) on the same process group, so no step after ours finds it still listening.
 - an unauthenticated list answers 403, as the real service does: readiness is "any HTTP answer".
 """
 
@@ -139,7 +140,7 @@ class Azurite:
     keep both (a test can stop it mid-transfer and restart it on the same data)."""
 
     def __init__(self, exe: Path, location: Path, port: int | None = None, log: Path | None = None,
-                 startup_timeout: float = 30.0, grace: float = 2.0):
+                 startup_timeout: float = 30.0, grace: float = 10.0):
         self.exe = Path(exe)
         self.location = Path(location)
         self.port = port or free_port()
@@ -240,7 +241,7 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
 
 @contextlib.contextmanager
 def azurite(tmp_dir: Path, port: int | None = None, startup_timeout: float = 30.0,
-            grace: float = 2.0) -> Iterator[Azurite]:
+            grace: float = 10.0) -> Iterator[Azurite]:
     """A started Azurite with its data in tmp_dir/data (log: tmp_dir/azurite.log) on a free loopback
     port (or `port`); stopped on exit, exceptions included. Raises AzuriteUnavailable (with the
     reason) when no azurite-blob is here and none can be installed."""

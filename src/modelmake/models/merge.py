@@ -15,6 +15,7 @@ from pathlib import Path
 
 from modelmake.core.errors import ModelmakeError
 from modelmake.models.families import family_for_config, module_shapes
+from modelmake.models.peft_patterns import pattern_value
 
 _TENSOR = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(.+)\.lora_([AB])\.weight$")
 
@@ -55,7 +56,7 @@ def check_adapter(adapter_dir: Path, config: dict, field: str = "export.merge") 
                                      f"module '{module}' (its projections: {sorted(shapes)})")
             if layer >= layers:
                 raise ModelmakeError(f"config field '{field}': {where}: the base has {layers} layers")
-            r = int(patterns.get(module, patterns.get(path, rank)))
+            r = int(pattern_value(patterns, f"model.layers.{layer}.{path}", rank))
             in_f, out_f = shapes[module]
             want = (r, in_f) if which == "A" else (out_f, r)
             got = tuple(f.get_slice(name).get_shape())

@@ -37,6 +37,7 @@ from onnx import helper, numpy_helper
 
 from modelmake.core.errors import ModelmakeError
 from modelmake.models.families import Family, family_for_config, module_shapes, part_columns
+from modelmake.models.peft_patterns import pattern_value
 
 RANK_DIM = "lora_rank"  # + ".<layer>.<group>": each group's rank is its own symbolic dim
 SPEC_FORMAT = 2  # lora_inputs.json: inputs per graph node group (1: per HF module, with run-time Pad/Slice)
@@ -283,7 +284,8 @@ def peft_to_onnx_params(adapter_dir: Path, spec: dict, dtype) -> tuple[dict[str,
                 f"{where}: shape A{list(a.shape)} B{list(b.shape)} does not fit the graph "
                 f"(expects in={in_f}, out={out_f})"
             )
-        scaled[(layer, module)] = (a.T.astype(np.float32), b.T.astype(np.float32) * _scaling(cfg, module, r))
+        scale = _scaling(cfg, f"model.layers.{layer}.{module}", r)
+        scaled[(layer, module)] = (a.T.astype(np.float32), b.T.astype(np.float32) * scale)
     if not scaled:
         raise ModelmakeError(f"{weights_path}: holds no LoRA weights")
     params: dict[str, np.ndarray] = {}
@@ -307,8 +309,8 @@ def peft_to_onnx_params(adapter_dir: Path, spec: dict, dtype) -> tuple[dict[str,
     return params, sorted({a.shape[1] for a, _ in scaled.values()})
 
 
-def _scaling(cfg: dict, module: str, r: int) -> float:
-    alpha = (cfg.get("alpha_pattern") or {}).get(module.rsplit(".", 1)[-1], cfg["lora_alpha"])
+def _scaling(cfg: dict, module_name: str, r: int) -> float:
+    alpha = pattern_value(cfg.get("alpha_pattern"), module_name, cfg["lora_alpha"])
     return alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
 
 

@@ -65,9 +65,11 @@ def register_inputs(cfg: DictConfig) -> tuple[str, ...]:
 TORCH = ("torch", "transformers", "safetensors")
 ONNX = ("onnx", "onnx-ir", "onnxruntime", "onnxruntime-genai")
 STAGES = (
-    # model.cpu_lm_head is the export's (export.lm_head reads it): not what the base is made of
+    # a model preset's defaults for other stages (data.template, export.accuracy_level and
+    # export.lm_head read them, keyed there): not what the base is made of
     StageSpec("base", "the base model: the tiny Phi-3, a dequantized GGUF, a copied folder or a hub reference",
-              ("model",), (), (*TORCH, "tokenizers", "gguf"), data=base_data, unkeyed=("model.cpu_lm_head",)),
+              ("model",), (), (*TORCH, "tokenizers", "gguf"), data=base_data,
+              unkeyed=("model.cpu_lm_head", "model.cpu_accuracy_level", "model.template", "model.response_marker")),
     # rendered for a model: with data.template=chat, through its tokenizer's template
     StageSpec("dataset", "train.jsonl / eval.jsonl: validated, rendered, split without leaks",
               ("data",), ("base",), ("transformers", "tokenizers"), data=dataset_data),

@@ -23,7 +23,7 @@ from modelmake.data.templates import (
     template_fields,
     template_fit,
 )
-from modelmake.stages.layout import TEMPLATE_FILE, model_location
+from modelmake.stages.layout import TEMPLATE_FILE, model_location, model_revision
 
 
 def source_path(node, path: str) -> Path:
@@ -55,12 +55,12 @@ def prepare(path: Path, template: str, marker: str, eval_fraction: float, seed: 
     return train, evals
 
 
-def check_fit(template: str, source: str, cfg) -> None:
+def check_fit(template: str, source: str, revision: str | None, cfg) -> None:
     """The text template against the tokenizer the plan could not read (a hub model): its markers
     special tokens, its end marker a stop token (recipe.checks does the same at plan time)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    kw = {"revision": cfg.model.revision} if cfg.model.get("revision") else {}
+    kw = {"revision": revision} if revision else {}
     tok = AutoTokenizer.from_pretrained(source, trust_remote_code=bool(cfg.model.trust_remote_code), **kw)
     special = sorted(set(tok.all_special_tokens) | {t.content for t in tok.added_tokens_decoder.values() if t.special})
     eos = getattr(AutoConfig.from_pretrained(source, **kw), "eos_token_id", None)
@@ -74,16 +74,18 @@ def check_fit(template: str, source: str, cfg) -> None:
 def build(node, out: Path, cfg) -> dict:
     d = cfg.data
     tok, check = None, None
+    base = node.inputs["base"].path
+    source, revision = model_location(base), model_revision(base)
     if d.template == CHAT:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(model_location(node.inputs["base"].path),
+        tok = AutoTokenizer.from_pretrained(source, revision=revision,
                                             trust_remote_code=bool(cfg.model.trust_remote_code))
         check = lambda items, records: check_chat_rendering(  # noqa: E731
             tok, items, records, d.fields.user or CHAT_FIELDS["user"], d.fields.assistant or CHAT_FIELDS["assistant"],
             d.get("system"), Path(d.path))
-    elif d.check_template and not Path(model_location(node.inputs["base"].path)).is_dir():
-        check_fit(d.template, model_location(node.inputs["base"].path), cfg)  # a hub model: not known at plan time
+    elif d.check_template and not Path(source).is_dir():
+        check_fit(d.template, source, revision, cfg)  # a hub model: not known at plan time
     template, marker = effective_template(d, tok)
     # a record that forges a turn (holds one of the template's role tokens) is refused, file:line:field
     forbidden = [] if d.allow_special_tokens else role_tokens(template)

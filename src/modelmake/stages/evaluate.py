@@ -37,7 +37,7 @@ from modelmake.models.scoring import (
     perplexity_of,
     torch_logits,
 )
-from modelmake.stages.layout import ADAPTER_FILE, MODEL_DIR, model_location, read_split
+from modelmake.stages.layout import ADAPTER_FILE, MODEL_DIR, model_location, model_revision, read_split
 from modelmake.stages.merged_layout import MERGED_ROUTES, merged_graph
 from modelmake.stages.quality import eval_sequences
 
@@ -114,7 +114,8 @@ def compare_merged(n, merged_dir: Path, seqs, awq_lora, parity_records: int, thr
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    fp32 = AutoModelForCausalLM.from_pretrained(model_location(n["base"].path), dtype=torch.float32).eval()
+    fp32 = AutoModelForCausalLM.from_pretrained(model_location(n["base"].path), revision=model_revision(n["base"].path),
+                                                dtype=torch.float32).eval()
     fp32_lora = PeftModel.from_pretrained(fp32, n["finetune"].path / "adapter").eval()
     ref = [torch_logits(fp32_lora, ids) for ids in seqs]
     del fp32_lora, fp32
@@ -132,7 +133,8 @@ def compare_merged(n, merged_dir: Path, seqs, awq_lora, parity_records: int, thr
                seqs[:parity_records])
     out |= {f"merged_awq_parity_{k}": v for k, v in p.items()}
     for name in GRAPHS:
-        out[f"ppl_{name}"] = perplexity_of(logits[name], seqs)
+        if name != "onnx_lora":  # build() scored that graph token by token already: one ppl_onnx_lora
+            out[f"ppl_{name}"] = perplexity_of(logits[name], seqs)
         out[f"kl_fp32lora_{name}"] = mean_kl(ref, logits[name])
         out[f"kl_awqlora_{name}"] = mean_kl(awq_lora, logits[name])
     return out

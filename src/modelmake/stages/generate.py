@@ -61,17 +61,14 @@ def stream(model_dir: Path, text: str, adapter: Path | None = None, max_new_toke
 
 def build(node, out: Path, cfg) -> dict:
     from modelmake.data.templates import prompt_text
-    from modelmake.stages.layout import ADAPTER_FILE, MODEL_DIR, load_template
-    from modelmake.stages.merged_layout import merged_graph
+    from modelmake.stages.layout import MODEL_DIR, load_template
+    from modelmake.stages.merged_layout import deployed
 
     g = cfg.generate
     text = prompt_text(*load_template(node.inputs["dataset"].path), g.prompt)
     base_dir = node.inputs["export"].path / MODEL_DIR
-    if "merged" in node.inputs:  # export=int4_merged: the merged graph alone, no adapter file
-        route = cfg.export.merge
-        tuned = (merged_graph(node.inputs["merged"].path, route), None, f"merged graph ({route}), no adapter file")
-    else:
-        tuned = (base_dir, node.inputs["adapter"].path / ADAPTER_FILE, "adapter active")
+    model_dir, adapter = deployed(node.inputs, cfg.export.merge)
+    tuned = (model_dir, adapter, "adapter active" if adapter else f"merged graph ({cfg.export.merge}), no adapter file")
     runs = {}
     # the fine-tuned answer next to the base model's: the base graph with no adapter
     for name, (model_dir, adapter, label) in (("adapter", tuned), ("base", (base_dir, None, "base model, no adapter"))):

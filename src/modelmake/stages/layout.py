@@ -29,3 +29,10 @@ def model_location(base_dir: Path) -> str:
     if ref.exists():
         return json.loads(ref.read_text())["source"]
     return str(Path(base_dir) / MODEL_DIR)
+
+
+def model_revision(base_dir: Path) -> str | None:
+    """The revision a hub reference was pinned to (None: the artifact holds the model itself);
+    every stage loading the base passes it, so what they load is what the base's key says."""
+    ref = Path(base_dir) / "source.json"
+    return json.loads(ref.read_text()).get("revision") if ref.exists() else None

@@ -24,7 +24,7 @@ from modelmake.core.atomic import scratch_dir
 from modelmake.core.manifest import dir_size
 from modelmake.models.builder import pin_producer_file, run_builder, smoke_test
 from modelmake.models.merge import check_adapter, merge_into
-from modelmake.stages.layout import MODEL_DIR, model_location
+from modelmake.stages.layout import MODEL_DIR, model_location, model_revision
 from modelmake.stages.merged_layout import MERGED_ROUTES as ROUTES
 from modelmake.stages.merged_layout import merged_graph as graph_dir
 from modelmake.stages.quantize import calibration_texts, quantize
@@ -36,7 +36,9 @@ CHECKPOINT = "checkpoint"  # awq/: the AWQ checkpoint of the merged weights the 
 def rtn_options(q) -> tuple[str, ...]:
     """The builder's round-to-nearest at the AWQ checkpoint's format: same group size, asymmetric
     (uint4 with zero points) where AWQ keeps a zero point. The builder's own defaults (block 32,
-    symmetric) would change two things at once against the AWQ route."""
+    symmetric) would change two things at once against the AWQ route. Both routes get them: the
+    builder applies them to the quantized LM head too (export.lm_head int8/int4), so the heads
+    match and the routes differ only in how the body was quantized."""
     return (f"block_size={q.group_size}", f"is_symmetric={'false' if q.zero_point else 'true'}")
 
 
@@ -49,7 +51,7 @@ def build(node, out: Path, cfg) -> dict:
     config = json.loads((qdir / "config.json").read_text())
     fit = check_adapter(adapter, config)  # before any work: rank and targets against the base
     base_src = model_location(n["base"].path)
-    revision = cfg.model.get("revision") if cfg.model.kind == "pretrained" and not Path(base_src).is_dir() else None
+    revision = model_revision(n["base"].path)
     logs = Path("logs") / "merged"
     metrics: dict = {"adapter_rank": fit["rank"], "adapter_targets": fit["targets"],
                      "merged_modules": fit["modules"], "routes": list(ROUTES)}
@@ -67,7 +69,7 @@ def build(node, out: Path, cfg) -> dict:
         run = quantize(str(scratch / "fp32_merged"), out / "awq" / CHECKPOINT, q, texts,
                        bool(cfg.model.trust_remote_code))
         run_builder(out / "awq" / CHECKPOINT, graph_dir(out, "awq"), e, scratch / "cache",
-                    logs / f"{node.key}.awq.builder.log")
+                    logs / f"{node.key}.awq.builder.log", rtn_options(q))
     for route in ROUTES:
         pin_producer_file(graph_dir(out, route))
         metrics[f"{route}_model_bytes"] = dir_size(graph_dir(out, route))

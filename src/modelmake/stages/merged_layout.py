@@ -13,3 +13,15 @@ MODEL_DIR = "model"
 def merged_graph(merged_dir: Path, route: str) -> Path:
     """One route's model folder in a merged artifact."""
     return Path(merged_dir) / route / MODEL_DIR
+
+
+def deployed(inputs: dict, route: str) -> tuple[Path, Path | None]:
+    """What a point deploys, from a stage's inputs (stage -> node): the merged graph of `route`
+    alone where the plan has a merged artifact (export=int4_merged), else the multi-LoRA graph and
+    the adapter file."""
+    from modelmake.stages.layout import ADAPTER_FILE
+    from modelmake.stages.layout import MODEL_DIR as GRAPH_DIR
+
+    if "merged" in inputs:
+        return merged_graph(inputs["merged"].path, route), None
+    return Path(inputs["export"].path) / GRAPH_DIR, Path(inputs["adapter"].path) / ADAPTER_FILE

@@ -24,7 +24,7 @@ from modelmake.models.scoring import (
     perplexity_of,
     torch_logits,
 )
-from modelmake.stages.layout import MODEL_DIR, model_location, read_split
+from modelmake.stages.layout import MODEL_DIR, model_location, model_revision, read_split
 
 
 def eval_sequences(tok, dataset_dir: Path, e) -> tuple[list[dict], list[list[int]]]:
@@ -42,7 +42,8 @@ def build(node, out: Path, cfg) -> dict:
     tok = AutoTokenizer.from_pretrained(qdir)
     records, seqs = eval_sequences(tok, n["dataset"].path, e)
     base_src = model_location(n["base"].path)
-    fp32 = AutoModelForCausalLM.from_pretrained(base_src, dtype=torch.float32).eval()
+    fp32 = AutoModelForCausalLM.from_pretrained(base_src, revision=model_revision(n["base"].path),
+                                                dtype=torch.float32).eval()
     metrics = {"eval_records": len(records), "eval_tokens": sum(len(s) - 1 for s in seqs)}
     ref = [torch_logits(fp32, ids) for ids in seqs]
     metrics["ppl_fp32"] = perplexity_of(ref, seqs)

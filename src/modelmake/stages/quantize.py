@@ -18,7 +18,7 @@ from modelmake.core.errors import ModelmakeError
 from modelmake.core.manifest import dir_size
 from modelmake.models.awq_quantizer import SafeAwqQuantizer
 from modelmake.models.families import family_for_config, widths
-from modelmake.stages.layout import model_location, read_split
+from modelmake.stages.layout import model_location, model_revision, read_split
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ def build(node, out: Path, cfg) -> dict:
     torch.manual_seed(0)
     texts = calibration_texts(node.inputs["dataset"].path, cfg.quantize.calib_samples)
     src = model_location(node.inputs["base"].path)
-    revision = cfg.model.get("revision") if cfg.model.kind == "pretrained" and not Path(src).is_dir() else None
-    run = quantize(src, out / "model", cfg.quantize, texts, bool(cfg.model.trust_remote_code), revision)
+    run = quantize(src, out / "model", cfg.quantize, texts, bool(cfg.model.trust_remote_code),
+                   model_revision(node.inputs["base"].path))
     qcfg = json.loads((out / "model" / "config.json").read_text())["quantization_config"]
     # how far the search is from its floor: its FLOPs at this machine's GEMM speed, measured now
     gflops = gemm_gflops(run.pop("hidden_size"), calibration_dtype(torch.cuda.is_available()))

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from modelmake.core.errors import ModelmakeError
@@ -131,11 +132,15 @@ class MlflowRegistry:
             raise ModelmakeError(f"{where}: the database is missing, but {len(mine)} receipt(s) in "
                                  f"artifacts/register/ name versions of '{name}' in it (e.g. version "
                                  f"{mine[0]['version']}); restore it, or remove those receipts, before registering")
+        from mlflow.exceptions import MlflowException
+
         client = self._client()
         for r in mine:
             try:
                 mv = client.get_model_version(name, r["version"])
-            except Exception:  # noqa: BLE001 - absent in any form the store answers
+            except MlflowException as e:  # absent; any other store error is its own one line (above)
+                if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
                 mv = None
             if mv is None or (mv.tags or {}).get(DIGEST_TAG) != r.get("content_sha256"):
                 raise ModelmakeError(f"{where}: lost version {r['version']} of '{name}' that a receipt names "
@@ -152,7 +157,8 @@ class MlflowRegistry:
 
         for stale in self.db.parent.glob(f".{self.db.name}.tmp-*"):  # a killed creation's
             stale.unlink()
-        tmp = self.db.with_name(f".{self.db.name}.tmp-{os.getpid()}")
+        # a name of its own each time: MLflow keeps one store per URI in a process
+        tmp = self.db.with_name(f".{self.db.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
         uri = f"sqlite:///{tmp}"
         MlflowClient(tracking_uri=uri, registry_uri=uri).search_registered_models()  # creates the tables
         os.replace(tmp, self.db)
@@ -290,22 +296,19 @@ def receipts(register_dir: Path) -> list[dict]:
     for path in sorted(Path(register_dir).glob(f"*/{RECEIPT}")):
         try:
             out.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
+        except (OSError, ValueError) as e:
+            print(f"modelmake: warning: {path}: unreadable receipt ({e}); the registry's history is checked "
+                  "without it", file=sys.stderr)
     return out
 
 
 def build(node, out: Path, cfg, azure_client=None) -> dict:
-    from modelmake.stages.layout import ADAPTER_FILE, MODEL_DIR
-    from modelmake.stages.merged_layout import merged_graph
+    from modelmake.stages.merged_layout import deployed
 
     r = cfg.register
     for artifact in node.inputs.values():
         verify(artifact.path)  # the manifest must match the files it describes
-    if "merged" in node.inputs:  # export=int4_merged: the merged graph alone
-        model_dir, adapter_file = merged_graph(node.inputs["merged"].path, cfg.export.merge), None
-    else:
-        model_dir, adapter_file = node.inputs["export"].path / MODEL_DIR, node.inputs["adapter"].path / ADAPTER_FILE
+    model_dir, adapter_file = deployed(node.inputs, cfg.export.merge)  # export=int4_merged: the merged graph alone
     digest = stage_asset(model_dir, adapter_file, r.adapter_name, out / "asset")
     tags = {str(k): str(v) for k, v in (r.tags or {}).items()} | lineage_tags(node)
     description = r.description or describe(cfg)
