@@ -17,6 +17,18 @@ from helpers.project import SECRETS, build, copy_project, git, nodes, run
 BUILDING = {"project", "second", "release", "folders", "built", "slurm"}  # fixtures that build or start daemons
 
 
+def pytest_configure(config):
+    """A suite stopped by SIGTERM (CI's timeout, a kill) tears down as after Ctrl-C: Python's
+    default for SIGTERM ends the process at once, leaving the daemons fixtures started (SLURM's
+    nodes, Azurite) running with no one to stop them."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if BUILDING & set(getattr(item, "fixturenames", ())):
