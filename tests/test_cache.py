@@ -198,6 +198,31 @@ def azure_cache(project, azurite_server, tmp_path_factory):
     return {"url": url, "first": first, "server": azurite_server}
 
 
+def test_the_azure_store_answers_what_exists_and_what_is_missing_itself(azurite_server, tmp_path, monkeypatch):
+    """The store's own answers on a real server: a second upload of a blob (content-addressed, the
+    same bytes) and a second container creation are no error, a second entry for one key is
+    refused (False: the first stands), a missing container or entry is an empty cache, a missing
+    blob one line naming it."""
+    import hashlib
+
+    from modelmake.graph.cache import AzureStore, CacheError
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_server.connection_string)
+    store = AzureStore("az://store-answers/team")
+    assert store.entries() == set() and store.get_entry("base", "0" * 64) is None  # no container yet
+    src = tmp_path / "weights.bin"
+    src.write_bytes(b"weights" * 1000)
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    store.put_blob(sha, src)
+    store.put_blob(sha, src)
+    assert store.has_blob(sha)
+    assert store.put_entry("base", "a" * 64, b"{}") is True
+    assert store.put_entry("base", "a" * 64, b'{"other": 1}') is False
+    assert store.entries() == {f"base/{'a' * 64}"} and store.get_entry("base", "a" * 64) == b"{}"
+    with pytest.raises(CacheError, match=f"blob {'f' * 12} is missing from az://store-answers/team"):
+        store.get_blob("f" * 64, tmp_path / "out", lambda n: None)
+
+
 def test_an_azure_clone_pulls_the_publishers_bytes_and_builds_only_register_and_report(azure_cache, tmp_path):
     clone = fresh_clone(tmp_path)
     env = az_env(azure_cache["server"], MODELMAKE_CACHE=azure_cache["url"])  # the environment alone sets it

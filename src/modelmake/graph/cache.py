@@ -240,12 +240,16 @@ class AzureStore:
             self._client = service.get_container_client(self.container_name)
         return self._client
 
-    def _call(self, what: str, fn):
+    def _call(self, what: str, fn, expected: tuple = ()):
+        """fn(); an Azure or OS error becomes one CacheError line naming `what`, except the
+        `expected` ones (an existing blob, a missing entry), which the caller answers itself."""
         from azure.core.exceptions import AzureError
 
         try:
             return fn()
         except CacheError:
+            raise
+        except expected:
             raise
         except AzureError as e:
             first = (str(e).splitlines() or [type(e).__name__])[0]
@@ -267,12 +271,8 @@ class AzureStore:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            return self._call("listing the cache", listing)
-        except CacheError as e:
-            if "ResourceNotFoundError" in str(e) or "ContainerNotFound" in str(e):
-                return set()
-            raise
-        except ResourceNotFoundError:
+            return self._call("listing the cache", listing, (ResourceNotFoundError,))
+        except ResourceNotFoundError:  # no container yet: an empty cache
             return set()
 
     def get_entry(self, stage: str, digest: str) -> bytes | None:
@@ -280,11 +280,8 @@ class AzureStore:
 
         blob = self.container().get_blob_client(f"{self.prefix}entries/{stage}/{digest}.json")
         try:
-            return self._call(f"reading entry {stage}/{digest[:12]}", lambda: blob.download_blob().readall())
-        except CacheError as e:
-            if "ResourceNotFound" in str(e) or "BlobNotFound" in str(e):
-                return None
-            raise
+            return self._call(f"reading entry {stage}/{digest[:12]}", lambda: blob.download_blob().readall(),
+                              (ResourceNotFoundError,))
         except ResourceNotFoundError:
             return None
 
@@ -296,7 +293,7 @@ class AzureStore:
         from azure.core.exceptions import ResourceExistsError
 
         with contextlib.suppress(ResourceExistsError):
-            self._call("creating the container", self.container().create_container)
+            self._call("creating the container", self.container().create_container, (ResourceExistsError,))
 
     def put_blob(self, sha: str, src: Path) -> None:
         from azure.core.exceptions import ResourceExistsError
@@ -305,7 +302,8 @@ class AzureStore:
         blob = self.container().get_blob_client(f"{self.prefix}blobs/sha256/{sha[:2]}/{sha}")
         with open(src, "rb") as f:
             with contextlib.suppress(ResourceExistsError):  # content-addressed: the same bytes
-                self._call(f"uploading {src.name}", lambda: blob.upload_blob(f, overwrite=False, max_concurrency=4))
+                self._call(f"uploading {src.name}", lambda: blob.upload_blob(f, overwrite=False, max_concurrency=4),
+                           (ResourceExistsError,))
 
     def put_entry(self, stage: str, digest: str, data: bytes) -> bool:
         from azure.core.exceptions import ResourceExistsError
@@ -313,14 +311,11 @@ class AzureStore:
         self._ensure_container()
         blob = self.container().get_blob_client(f"{self.prefix}entries/{stage}/{digest}.json")
         try:
-            self._call(f"publishing entry {stage}/{digest[:12]}", lambda: blob.upload_blob(data, overwrite=False))
+            self._call(f"publishing entry {stage}/{digest[:12]}", lambda: blob.upload_blob(data, overwrite=False),
+                       (ResourceExistsError,))
             return True
-        except ResourceExistsError:
+        except ResourceExistsError:  # another machine published this key first: its entry stands
             return False
-        except CacheError as e:
-            if "ResourceExistsError" in str(e) or "BlobAlreadyExists" in str(e):
-                return False
-            raise
 
     def get_blob(self, sha: str, dest: Path, progress) -> None:
         from azure.core.exceptions import ResourceNotFoundError
@@ -334,13 +329,9 @@ class AzureStore:
                     progress(len(chunk))
 
         try:
-            self._call(f"downloading blob {sha[:12]}", download)
+            self._call(f"downloading blob {sha[:12]}", download, (ResourceNotFoundError,))
         except ResourceNotFoundError:
             raise CacheError(f"blob {sha[:12]} is missing from {self.url}") from None
-        except CacheError as e:
-            if "BlobNotFound" in str(e) or "ResourceNotFound" in str(e):
-                raise CacheError(f"blob {sha[:12]} is missing from {self.url}") from None
-            raise
 
     def listing(self) -> Iterator[tuple[str, float]]:
         blobs = self._call("listing the cache", lambda: list(self.container().list_blobs(name_starts_with=self.prefix)))
@@ -351,7 +342,8 @@ class AzureStore:
         from azure.core.exceptions import ResourceNotFoundError
 
         with contextlib.suppress(ResourceNotFoundError):
-            self._call(f"deleting {name}", lambda: self.container().delete_blob(f"{self.prefix}{name}"))
+            self._call(f"deleting {name}", lambda: self.container().delete_blob(f"{self.prefix}{name}"),
+                       (ResourceNotFoundError,))
 
 
 def store(url: str):
