@@ -55,7 +55,7 @@ def release(tmp_path_factory) -> Path:
     venv = Path(sys.executable).parent.parent
     r = run(dst, "make", "run", f"VENV={venv}", "INSTALL=", timeout=3600)
     assert r.returncode == 0, f"make run failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
-    (dst / "make-run.out").write_text(r.stdout + r.stderr)
+    (dst.parent / "make-run.out").write_text(r.stdout + r.stderr)  # beside the clone: git status stays its own
     return dst
 
 

@@ -65,10 +65,12 @@ def slurm():
 
 
 def modelmake_build(cluster: Cluster, project: Path, *args: str, snakemake_args: tuple = (),
-                    env: dict | None = None) -> subprocess.CompletedProcess:
+                    env: dict | None = None, verbose: bool = True) -> subprocess.CompletedProcess:
     """`modelmake build --profile slurm ...` as the README tells a user (the venv's entry point,
-    importing this copy's modelmake), for the test cluster's one-CPU nodes."""
-    return run(project, "modelmake", "build", "--profile", "slurm", *args, "--", *ONE_CPU, *snakemake_args,
+    importing this copy's modelmake), for the test cluster's one-CPU nodes; `verbose`: Snakemake's
+    whole output (its submission lines name the SLURM jobs), else the build's view a user sees."""
+    view = ("--verbose",) if verbose else ()
+    return run(project, "modelmake", "build", *view, "--profile", "slurm", *args, "--", *ONE_CPU, *snakemake_args,
                timeout=1200, env=cluster.env | (env or {}))
 
 
@@ -174,7 +176,9 @@ def test_second_slurm_run_submits_nothing(slurm, slurm_built):
     project, _ = slurm_built
     r = modelmake_build(slurm, project, *SWEEP)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert submitted(r.stdout + r.stderr) == [] and "Nothing to be done" in r.stdout + r.stderr
+    out = r.stdout + r.stderr
+    assert submitted(out) == []
+    assert "Nothing to be done" in out or "nothing to build: every artifact is current" in out
 
 
 def test_lora_sweep_submits_no_quantize_or_export(slurm, slurm_built):
@@ -190,7 +194,7 @@ def refused(cluster: Cluster, project: Path, *args: str, over: tuple = ()) -> st
     job's log, and leave no artifact that counts as done."""
     point = ("lora.r=7", *over)
     ft = nodes(project, "lora.r=7")["finetune"]
-    r = modelmake_build(cluster, project, *point, snakemake_args=("--until", "finetune", *args))
+    r = modelmake_build(cluster, project, *point, snakemake_args=("--until", "finetune", *args), verbose=False)
     out = r.stdout + r.stderr
     assert r.returncode != 0, out[-3000:]
     assert f"logs/finetune/{ft.key}.log" in out, out[-3000:]
@@ -389,7 +393,8 @@ def test_a_node_lost_mid_finetune_then_a_plain_rerun_finishes(slurm, slurm_built
               if d.is_dir() and not d.name.startswith(".")}
     log = p / "first.log"
     with open(log, "w") as f:
-        first = subprocess.Popen(["modelmake", "build", "--profile", "slurm", *point, "--", *ONE_CPU, *until],
+        first = subprocess.Popen(["modelmake", "build", "--verbose", "--profile", "slurm", *point, "--", *ONE_CPU,
+                                  *until],
                                  cwd=p, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
                                  env=os.environ | {"PYTHONPATH": str(p / "src"),
                                                    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}

@@ -60,6 +60,13 @@ def test_dvc_runs_the_commands_snakemake_runs(tmp_path):
                          out), name
 
 
+def only_local(dry_run: str) -> bool:
+    """A dry run plans nothing but what is not shared (register, report: not in dvc.yaml)."""
+    from modelmake.graph.snakemake import parse_jobs
+
+    return set(parse_jobs(dry_run)) <= {"register", "report", "all"}
+
+
 def test_clone_and_pull_rebuilds_nothing_and_repro_rebuilds_only_the_stale(project, tmp_path):
     # A release repository: the built project under git + DVC, pushed to a local directory remote.
     repo = copy_project(tmp_path / "release", built=project)
@@ -78,7 +85,8 @@ def test_clone_and_pull_rebuilds_nothing_and_repro_rebuilds_only_the_stale(proje
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(repo), str(clone))
     sh(clone, DVC, "pull", "-q")
-    assert "Nothing to be done" in sh(clone, str(Path(sys.executable).parent / "snakemake"), "-n")
+    # what DVC versions is there; left to build: the registration and report, this machine's own
+    assert only_local(sh(clone, str(Path(sys.executable).parent / "snakemake"), "-n"))
     assert "up to date" in sh(clone, DVC, "status")
     assert "eval_loss" in sh(clone, DVC, "metrics", "show")
 
@@ -89,8 +97,7 @@ def test_clone_and_pull_rebuilds_nothing_and_repro_rebuilds_only_the_stale(proje
     sh(clone, sys.executable, "-m", "modelmake", "dvc")
     ran = re.findall(r"Running stage '(\w+)-[0-9a-f]{12}'", sh(clone, DVC, "repro"))
     assert sorted(ran) == ["adapter", "evaluate", "finetune", "generate"], ran  # register, report: not versioned
-    assert "Nothing to be done" in sh(clone, str(Path(sys.executable).parent / "snakemake"), "-n",
-                                      *config_args(release))
+    assert only_local(sh(clone, str(Path(sys.executable).parent / "snakemake"), "-n", *config_args(release)))
     assert "up to date" in sh(clone, DVC, "status")
     git(clone, "add", "-A")
     git(clone, "commit", "-qm", "fewer steps")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from helpers.project import SHARED_DATA, build, nodes
+from modelmake.core.journal import latest
 from modelmake.models.scoring import OrtStepper, parity, perplexity, torch_logits
 from modelmake.recipe import build_plan
 from modelmake.stages.layout import ADAPTER_FILE
@@ -37,7 +38,10 @@ def test_default_build_metrics_are_consistent(project):
     assert m["ppl_awq_lora"] < 0.8 * m["ppl_awq_int4"]  # the fine-tune bought something
     assert m["ppl_fp32"] < m["ppl_awq_int4"] < 1.05 * m["ppl_fp32"]  # int4 costs a little
     assert m["parity_top1_agreement"] >= 0.99 and m["parity_max_abs_logit_diff"] < 0.3  # int8 activations
-    assert m["ort_int4_tokens_per_s"] > m["hf_fp32_tokens_per_s"] > 0
+    # decode speed is the machine's, not the artifact's: the build journal holds it, the manifest not
+    assert "measured" not in m
+    speed = latest("evaluate", nodes(project)["evaluate"].key, project)["measured"]
+    assert speed["ort_int4_tokens_per_s"] > speed["hf_fp32_tokens_per_s"] > 0
     assert m["awq_model_bytes"] < 0.5 * m["fp32_model_bytes"] and m["onnx_adapter_bytes"] < m["onnx_model_bytes"]
 
 

@@ -83,7 +83,7 @@ EVERYTHING_BUT_BASE = once("dataset", "quantize", "quality", "finetune", "export
     ("stages/report.py", once("report")),
     ("models/awq_fixes.py", once("quality", "finetune", "export", "adapter", "generate", *TAIL)),  # no re-quantize
     ("models/awq_quantizer.py", once("quantize", "quality", "finetune", "export", "adapter", "generate", *TAIL)),
-    ("models/scoring.py", once("quality", *TAIL)),
+    ("models/scoring.py", once("quality", "evaluate", "report")),  # the registration reads no score
     ("core/locks.py", {}),  # the machinery: a fix there re-keys nothing
     ("graph/runner.py", {}),
     ("graph/plan.py", {}),
@@ -100,7 +100,7 @@ def test_unknown_config_key_stops_snakemake_with_one_clear_message(project):
     r = snakemake(project, "-n", "--config", "lora={rank: 16}")
     assert r.returncode != 0
     out = r.stdout + r.stderr
-    assert "modelmake: config overrides" in out and "Could not override 'lora.rank'" in out
+    assert "modelmake: config overrides" in out and "no config field 'lora.rank'; did you mean 'lora.r'?" in out
 
 
 def test_nested_snakemake_config_is_the_same_override(project):

@@ -45,3 +45,15 @@ def test_a_stage_is_estimated_from_earlier_builds_of_it_on_this_machine(tmp_path
     assert est.seconds(longer, "tiny-phi3") == 42.0  # scaled by its work: twice the steps
     assert est.seconds(same, "smollm2") is None  # another model: no guess
     assert est.seconds(SimpleNamespace(stage="quantize", config={}), "tiny-phi3") is None
+
+
+def test_a_job_the_scheduler_refused_is_reported_with_its_reason_and_the_call():
+    """A job sbatch refused has an empty stage log: the build's view names the scheduler's words."""
+    from modelmake.graph.snakemake import submit_failure
+
+    lines = ["Error in rule finetune:\n",
+             "SLURM sbatch failed. The error message was 'sbatch: error: invalid partition specified: p0'.\n",
+             "    sbatch call:\n", "        sbatch --job-name x --gpus=1 --wrap 'y'\n", "\n"]
+    call = "  sbatch call: sbatch --job-name x --gpus=1 --wrap 'y'"
+    assert submit_failure(lines).splitlines() == [lines[1].strip(), call]
+    assert submit_failure(["Error in rule finetune:\n", "  log: logs/finetune/k.log\n"]) is None

@@ -17,13 +17,16 @@ IGNORE = shutil.ignore_patterns(".git", ".venv", "artifacts", "logs", ".snakemak
 
 
 def copy_project(dst: Path, built: Path | None = None, with_dvc: bool = False) -> Path:
-    """A copy of the project's sources; with `built`, that copy's artifacts come along; `with_dvc`:
-    the DVC repository's config (.dvc/, not its cache)."""
+    """A copy of the project's sources; with `built`, that copy's artifacts come along, and its
+    registry (the register artifacts' receipts name versions in it: without it, registering refuses
+    a registry that lost its history); `with_dvc`: the DVC repository's config (.dvc/, not its cache)."""
     shutil.copytree(REPO, dst, ignore=IGNORE)
     if with_dvc:
         shutil.copytree(REPO / ".dvc", dst / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp", "*.lock"))
     if built is not None:
         shutil.copytree(built / "artifacts", dst / "artifacts")
+        if (built / "registry").is_dir():
+            shutil.copytree(built / "registry", dst / "registry", ignore=shutil.ignore_patterns("*.lock"))
     return dst
 
 

@@ -88,6 +88,22 @@ def reason(log: Path, max_lines: int = 6) -> str:
     return lines[-1] if lines else "(empty log)"
 
 
+# a scheduler refusing a job (the SLURM executor's words): the stage's log is then empty
+SUBMIT_FAILED = re.compile(r"sbatch failed|sbatch: error|submission failed", re.I)
+def submit_failure(lines: list[str]) -> str | None:
+    """The scheduler's refusal of a job from Snakemake's output: the executor's line and the
+    submission command it names (what was asked: a partition, GPUs)."""
+    at = [i for i, x in enumerate(lines) if SUBMIT_FAILED.search(x)]
+    if not at:
+        return None
+    i = at[-1]
+    out = [lines[i].strip()]
+    follow = [x.strip() for x in lines[i + 1:i + 4] if x.strip()]
+    if len(follow) >= 2 and follow[0].rstrip(":").endswith("call"):
+        out.append(f"  {follow[0]} {follow[1]}")
+    return "\n".join(out)
+
+
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
 
 
@@ -271,6 +287,8 @@ def run_snakemake(cmd: list[str], cwd: Path = ROOT, view: QuietView | None = Non
             print("\n".join(tail), file=sys.stderr)
         for rule, log, job in found:
             why = reason(Path(cwd) / log) if log else "(no log)"
+            if why.startswith("(") and (said := submit_failure(seen)):
+                why = said  # the job never started: the scheduler's refusal is the reason
             where = explain_job(job) if job else None
             if where and any(s in where for s in NODE_LOST):
                 why = where  # the stage was killed with its node: its log stops mid-way
