@@ -19,6 +19,7 @@ import pytest
 
 from helpers import azurite as az_helper
 from helpers.faults import leftovers
+from helpers.folders import max_relative_diff
 from helpers.project import REPO, SECRETS, copy_project, nodes, run
 from modelmake.core.errors import ModelmakeError
 from modelmake.graph.cache import check_url, scrub
@@ -275,9 +276,15 @@ def test_a_server_gone_mid_download_leaves_nothing_and_the_next_build_completes(
     r = modelmake(clone, "build", *ov, "--", "--cores", "2", env=env)
     assert r.returncode == 0, r.stderr[-3000:] + (tmp_path / "b.log").read_text()[-2000:]
     assert not leftovers(clone) and rc is not None
+    theirs = nodes(azure_cache["first"])
     for stage, node in nodes(clone).items():
         if (clone / node.manifest).exists() and stage in SHARED:
-            assert files_of(node) == files_of(nodes(azure_cache["first"])[stage]), stage
+            if stage in ("finetune", "adapter") and stage in actions(clone).get("build", []):
+                # trained here (the pull failed) on one thread, there on two: threads are in no key,
+                # and torch's CPU reductions round by thread count
+                assert max_relative_diff(stage, node.path, theirs[stage].path) < 1e-4, stage
+            else:
+                assert files_of(node) == files_of(theirs[stage]), stage
 
 
 def test_a_server_gone_mid_upload_leaves_no_entry_a_reader_would_use(project, azurite_server, tmp_path):

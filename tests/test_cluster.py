@@ -31,6 +31,7 @@ import pytest
 
 from helpers.cluster import NODES, ONE_CPU, Cluster, ClusterUnavailable, submitted
 from helpers.faults import journal, leftovers, temporaries, wait_for
+from helpers.folders import max_relative_diff
 from helpers.project import copy_project, nodes, run
 from modelmake.core import owners
 from modelmake.graph.snakemake import config_args, parse_jobs, snakemake_exe
@@ -152,24 +153,6 @@ def test_each_artifact_built_once_and_equal_to_a_local_build(slurm_built, projec
         elif stage in TRAINED:  # trained with one thread here, two there: equal up to float rounding
             assert set(a["files"]) == set(b["files"]), stage
             assert max_relative_diff(stage, node.path, local_point[stage].path) < 1e-4, stage
-
-
-def max_relative_diff(stage: str, a: Path, b: Path) -> float:
-    """The largest difference between two trained artifacts' tensors, relative to the largest value."""
-    if stage == "finetune":
-        from safetensors.numpy import load_file
-
-        x, y = (load_file(p / "adapter" / "adapter_model.safetensors") for p in (a, b))
-    else:
-        import onnxruntime as ort
-
-        def read(path: Path) -> dict:
-            fmt = ort.AdapterFormat.read_adapter(str(path / "adapter.onnx_adapter"))  # (kept alive while copied)
-            return {k: v.numpy().copy() for k, v in fmt.get_parameters().items()}
-
-        x, y = read(a), read(b)
-    assert set(x) == set(y) and all(x[k].shape == y[k].shape for k in x)
-    return max(float(abs(x[k] - y[k]).max() / max(abs(y[k]).max(), 1e-12)) for k in x)
 
 
 def test_second_slurm_run_submits_nothing(slurm, slurm_built):

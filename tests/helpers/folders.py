@@ -29,3 +29,21 @@ def hf_folder(dst: Path, **config) -> Path:
         path = Path(dst) / "config.json"
         path.write_text(json.dumps(json.loads(path.read_text()) | config, indent=2))
     return Path(dst)
+
+
+def max_relative_diff(stage: str, a: Path, b: Path) -> float:
+    """The largest difference between two trained artifacts' tensors, relative to the largest value."""
+    if stage == "finetune":
+        from safetensors.numpy import load_file
+
+        x, y = (load_file(p / "adapter" / "adapter_model.safetensors") for p in (a, b))
+    else:
+        import onnxruntime as ort
+
+        def read(path: Path) -> dict:
+            fmt = ort.AdapterFormat.read_adapter(str(path / "adapter.onnx_adapter"))  # (kept alive while copied)
+            return {k: v.numpy().copy() for k, v in fmt.get_parameters().items()}
+
+        x, y = read(a), read(b)
+    assert set(x) == set(y) and all(x[k].shape == y[k].shape for k in x)
+    return max(float(abs(x[k] - y[k]).max() / max(abs(y[k]).max(), 1e-12)) for k in x)
