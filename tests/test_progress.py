@@ -48,12 +48,16 @@ def test_a_stage_is_estimated_from_earlier_builds_of_it_on_this_machine(tmp_path
 
 
 def test_a_job_the_scheduler_refused_is_reported_with_its_reason_and_the_call():
-    """A job sbatch refused has an empty stage log: the build's view names the scheduler's words."""
+    """A job sbatch refused has an empty stage log: the build's view names the scheduler's words
+    (the SLURM executor's message, over two lines here) and the options asked, not the command."""
     from modelmake.graph.snakemake import submit_failure
 
     lines = ["Error in rule finetune:\n",
-             "SLURM sbatch failed. The error message was 'sbatch: error: invalid partition specified: p0'.\n",
-             "    sbatch call:\n", "        sbatch --job-name x --gpus=1 --wrap 'y'\n", "\n"]
-    call = "  sbatch call: sbatch --job-name x --gpus=1 --wrap 'y'"
-    assert submit_failure(lines).splitlines() == [lines[1].strip(), call]
+             "    message: SLURM sbatch failed. The error message was "
+             "'sbatch: error: invalid partition specified: p0\n",
+             "sbatch: error: Batch job submission failed: Invalid partition name specified'.\n",
+             "    sbatch call:\n", "        sbatch --job-name x -p p0 --gpus=1 --wrap=\"python -m snakemake\"\n", "\n"]
+    said, call = submit_failure(lines).splitlines()
+    assert said.startswith("SLURM sbatch failed.") and "invalid partition specified: p0" in said
+    assert call == "  sbatch call: sbatch --job-name x -p p0 --gpus=1"
     assert submit_failure(["Error in rule finetune:\n", "  log: logs/finetune/k.log\n"]) is None

@@ -91,16 +91,22 @@ def reason(log: Path, max_lines: int = 6) -> str:
 # a scheduler refusing a job (the SLURM executor's words): the stage's log is then empty
 SUBMIT_FAILED = re.compile(r"sbatch failed|sbatch: error|submission failed", re.I)
 def submit_failure(lines: list[str]) -> str | None:
-    """The scheduler's refusal of a job from Snakemake's output: the executor's line and the
-    submission command it names (what was asked: a partition, GPUs)."""
+    """The scheduler's refusal of a job from Snakemake's output: the executor's message (which
+    may run over lines) and the submission's options (what was asked: a partition, GPUs), without
+    the command it wraps."""
     at = [i for i, x in enumerate(lines) if SUBMIT_FAILED.search(x)]
     if not at:
         return None
     i = at[-1]
-    out = [lines[i].strip()]
-    follow = [x.strip() for x in lines[i + 1:i + 4] if x.strip()]
-    if len(follow) >= 2 and follow[0].rstrip(":").endswith("call"):
-        out.append(f"  {follow[0]} {follow[1]}")
+    while i > 0 and SUBMIT_FAILED.search(lines[i - 1]):  # the message's first line
+        i -= 1
+    said, k = [], i
+    while k < len(lines) and k < i + 4 and lines[k].strip() and not lines[k].strip().endswith("call:"):
+        said.append(lines[k].strip().removeprefix("message: "))
+        k += 1
+    out = [" ".join(said)]
+    if k + 1 < len(lines) and lines[k].strip().endswith("call:"):
+        out.append(f"  {lines[k].strip()} {lines[k + 1].strip().split(' --wrap', 1)[0]}")
     return "\n".join(out)
 
 
