@@ -134,6 +134,7 @@ def test_lora_only_change_keeps_quantize_and_export_keys():
 @pytest.mark.parametrize("override,first", [
     ("model.template=<|user|>\\n{prompt}<|end|>\\n<|assistant|>\\n{response}<|end|><|endoftext|>", "dataset"),
     ("model.cpu_accuracy_level=4", "export"),  # SmolLM2's preset sets it (to 1)
+    ("evaluate.speed.enabled=false", "evaluate"),  # quality decodes nothing: its key stays
 ])
 def test_a_model_presets_default_for_another_stage_rekeys_from_that_stage(override, first):
     """model.template and model.cpu_accuracy_level are read through data.template and

@@ -21,6 +21,7 @@ def hf_folder(dst: Path, **config) -> Path:
     torch.manual_seed(0)
     model = Phi3ForCausalLM(Phi3Config(vocab_size=640, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                                       original_max_position_embeddings=256,  # not LongRoPE (the builder's multi_cache)
                                        eos_token_id=[tok.convert_tokens_to_ids("<|end|>"), tok.eos_token_id],
                                        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id))
     model.save_pretrained(dst, safe_serialization=True)

@@ -92,7 +92,8 @@ STAGES = (
               ("generate", "export.merge"), generate_inputs, ("onnxruntime-genai",)),
     # what quantization cost, keyed without the fine-tune: once per quantized model, not per adapter
     StageSpec("quality", "held-out perplexity and KL from fp32 of the fp32 base, RTN int4 and AWQ int4",
-              ("evaluate",), ("base", "dataset", "quantize"), (*TORCH, "autoawq")),
+              ("evaluate",), ("base", "dataset", "quantize"), (*TORCH, "autoawq"),
+              unkeyed=("evaluate.speed", "evaluate.parity_records")),  # evaluate's own: no decode, no ONNX here
     StageSpec("evaluate", "perplexities (AWQ+LoRA, ONNX+LoRA) beside quality's, parity, accuracy, speed, sizes",
               ("evaluate",), evaluate_inputs, (*TORCH, "autoawq", "peft", "onnxruntime", "onnxruntime-genai")),
     StageSpec("register", "the ONNX model + adapter (or the merged graph) as a versioned model asset (MLflow/Azure ML)",
