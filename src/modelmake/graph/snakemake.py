@@ -90,6 +90,8 @@ def reason(log: Path, max_lines: int = 6) -> str:
 
 # a scheduler refusing a job (the SLURM executor's words): the stage's log is then empty
 SUBMIT_FAILED = re.compile(r"sbatch failed|sbatch: error|submission failed", re.I)
+
+
 def submit_failure(lines: list[str]) -> str | None:
     """The scheduler's refusal of a job from Snakemake's output: the executor's message (which
     may run over lines) and the submission's options (what was asked: a partition, GPUs), without
