@@ -19,7 +19,6 @@ import pytest
 
 from helpers import azurite as az_helper
 from helpers.faults import leftovers
-from helpers.folders import max_relative_diff
 from helpers.project import REPO, SECRETS, copy_project, nodes, run
 from modelmake.core.errors import ModelmakeError
 from modelmake.graph.cache import check_url, scrub
@@ -257,13 +256,18 @@ def test_wrong_credentials_are_one_line_naming_the_url_and_the_build_goes_on(azu
 
 
 def test_a_server_gone_mid_download_leaves_nothing_and_the_next_build_completes(azure_cache, tmp_path):
+    """The server stops during the first pull (export's graph, the largest entry): that build makes
+    what it could not pull (export and what it needs) and publishes nothing; the next build, server
+    back, pulls the rest. Both on two cores, as the publisher: threads are in no key, and torch's CPU
+    reductions round by thread count, so what was built here must equal the publisher's bytes."""
     server = azure_cache["server"]
     clone = fresh_clone(tmp_path)
     env = az_env(server)
     ov = ("cache=azure", f"cache.url={azure_cache['url']}")
     from helpers.faults import start, wait_for
 
-    build = start(clone, ["modelmake", "build", *ov, "--", "--cores", "1"], tmp_path / "b.log", env=env)
+    build = start(clone, ["modelmake", "build", *ov, "--", "--cores", "2", "--until", "export"], tmp_path / "b.log",
+                  env=env)
     try:  # a progress signal: the first pull has begun
         wait_for(lambda: (clone / "logs").exists() and any("pull " in p.read_text(errors="replace")
                                                            for p in (clone / "logs").rglob("*.log")),
@@ -277,14 +281,10 @@ def test_a_server_gone_mid_download_leaves_nothing_and_the_next_build_completes(
     assert r.returncode == 0, r.stderr[-3000:] + (tmp_path / "b.log").read_text()[-2000:]
     assert not leftovers(clone) and rc is not None
     theirs = nodes(azure_cache["first"])
-    for stage, node in nodes(clone).items():
-        if (clone / node.manifest).exists() and stage in SHARED:
-            if stage in ("finetune", "adapter") and stage in actions(clone).get("build", []):
-                # trained here (the pull failed) on one thread, there on two: threads are in no key,
-                # and torch's CPU reductions round by thread count
-                assert max_relative_diff(stage, node.path, theirs[stage].path) < 1e-4, stage
-            else:
-                assert files_of(node) == files_of(theirs[stage]), stage
+    compared = [stage for stage, node in nodes(clone).items() if (clone / node.manifest).exists() and stage in SHARED]
+    assert "export" in compared, compared
+    for stage in compared:
+        assert files_of(nodes(clone)[stage]) == files_of(theirs[stage]), stage
 
 
 def test_a_server_gone_mid_upload_leaves_no_entry_a_reader_would_use(project, azurite_server, tmp_path):
@@ -303,8 +303,9 @@ def test_a_server_gone_mid_upload_leaves_no_entry_a_reader_would_use(project, az
         push.wait(600)
     finally:
         server.start()
-    clone = fresh_clone(tmp_path)
-    r = modelmake(clone, "build", "cache=azure", f"cache.url={url}", "--", "--cores", "2", env=env)
+    clone = fresh_clone(tmp_path)  # up to export: base and quantize first, what the push began with
+    r = modelmake(clone, "build", "cache=azure", f"cache.url={url}", "--", "--cores", "2", "--until", "export",
+                  env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     for stage in actions(clone).get("pull", []):  # whatever was published whole, is whole
         assert files_of(nodes(clone)[stage]) == files_of(nodes(publisher)[stage])

@@ -97,7 +97,7 @@ def test_classification_accuracy_before_and_after_fine_tuning(project):
     m = metrics(nodes(project, *ov)["evaluate"])
     assert m["labels"] == 4
     assert m["accuracy_after"] > m["accuracy_before"]
-    assert m["accuracy_after"] > m["accuracy_majority"] + 0.1  # more than the label prior (measured 0.45 vs 0.25)
+    assert m["accuracy_after"] > m["accuracy_majority"] + 0.2  # more than the label prior (measured 0.67 vs 0.25)
     assert 0.1 < m["accuracy_majority"] < 0.6  # the training split's most common label (joy) on eval records
 
 

@@ -44,12 +44,17 @@ SEED = 10
 
 
 # --- helpers ----------------------------------------------------------------------------------
-def fresh(project: Path, tmp_path: Path, *delete: str, name: str = "p") -> Path:
-    """A copy of the built project without the default point's artifacts of the `delete` stages."""
+def fresh(project: Path, tmp_path: Path, *delete: str, name: str = "p", new_registry: bool = False) -> Path:
+    """A copy of the built project without the default point's artifacts of the `delete` stages;
+    `new_registry`: without its registry and every register receipt (which name versions in it),
+    so the versions a test's builds add can be counted from zero."""
     p = copy_project(tmp_path / name, built=project)
     point = nodes(p)
     for stage in delete:
         shutil.rmtree(point[stage].path)
+    if new_registry:
+        shutil.rmtree(p / "registry", ignore_errors=True)
+        shutil.rmtree(p / "artifacts" / "register", ignore_errors=True)
     return p
 
 
@@ -100,9 +105,7 @@ def test_kill_9_inside_a_stage_then_a_plain_build_recovers(project, tmp_path, st
     """Kill the stage process, then (a second run) Snakemake itself, each at a seeded random point
     inside the stage; a plain `modelmake build` then finishes with what an uninterrupted build made."""
     rng = random.Random(f"{SEED}-{stage}")
-    p = fresh(project, tmp_path, stage)
-    if stage == "register":
-        shutil.rmtree(p / "registry", ignore_errors=True)  # a fresh registry: count its versions after
+    p = fresh(project, tmp_path, stage, new_registry=stage == "register")  # register: count its versions after
     node = nodes(p)[stage]
     expected = manifest(nodes(project)[stage])
     scratch_before = scratch_folders()
@@ -167,7 +170,7 @@ def test_a_stale_snakemake_lock_goes_but_a_live_builds_lock_stays(project, tmp_p
 
 # --- 3: concurrent builds share artifacts, each built once -------------------------------------
 def test_two_concurrent_sweeps_build_each_shared_artifact_once(project, tmp_path):
-    p = fresh(project, tmp_path, "quantize", "export")  # (the copy has no registry: a fresh one)
+    p = fresh(project, tmp_path, "quantize", "export", new_registry=True)
     a = start(p, ["modelmake", "build", "generate.max_new_tokens=8,9", "--", "--cores", "1"], tmp_path / "a.log")
     b = start(p, ["modelmake", "build", "generate.max_new_tokens=9,10", "--", "--cores", "1"], tmp_path / "b.log")
     assert a.wait(900) == 0, (tmp_path / "a.log").read_text()[-4000:]

@@ -145,20 +145,26 @@ def test_a_comma_in_a_prompt_is_one_prompt_not_a_sweep():
     assert compose(build_plan(overrides=["generate.prompt=a, b"]).points[0]).generate.prompt == "a, b"
 
 
-def test_no_op_plan_reads_no_weights_twice(folder, monkeypatch, tmp_path):
+def test_no_op_plan_reads_no_weights_twice(folder, monkeypatch, tmp_path, request):
     """A model folder's content hashes are memoized on disk by path, size, mtime and inode: a new
     process (a new Snakemake start) reads none of the weights again."""
     from modelmake.core import hashing as hashcache
+    from modelmake.models import sources
+
+    def as_a_new_process():  # only the memo on disk: neither its in-memory copy nor a resolved source
+        monkeypatch.setattr(hashcache, "_MEMO", None)
+        sources._resolve.cache_clear()
 
     monkeypatch.setenv("MODELMAKE_HASH_MEMO", str(tmp_path))
-    monkeypatch.setattr(hashcache, "_MEMO", None)
+    request.addfinalizer(sources._resolve.cache_clear)  # later tests must not see the fake hashes
+    as_a_new_process()  # earlier tests resolved this folder in this process: hash it here, into tmp_path
     keys("model=phi35_mini", f"model.source={folder}")
-    monkeypatch.setattr(hashcache, "_MEMO", None)  # as a fresh process: only the file on disk
+    as_a_new_process()
     calls = []
     monkeypatch.setattr(hashcache, "sha256", lambda p: calls.append(p) or "x")
     keys("model=phi35_mini", f"model.source={folder}", "lora.r=3")
     assert calls == []
     (folder / "config.json").touch()  # a new mtime: that file, and only it, is read again
-    monkeypatch.setattr(hashcache, "_MEMO", None)
+    as_a_new_process()
     keys("model=phi35_mini", f"model.source={folder}")
     assert [p.name for p in calls] == ["config.json"]

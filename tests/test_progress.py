@@ -8,6 +8,8 @@ import socket
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from modelmake.core import journal
 from modelmake.graph.progress import Estimator, human, last_progress
 
@@ -61,3 +63,31 @@ def test_a_job_the_scheduler_refused_is_reported_with_its_reason_and_the_call():
     assert said.startswith("SLURM sbatch failed.") and "invalid partition specified: p0" in said
     assert call == "  sbatch call: sbatch --job-name x -p p0 --gpus=1"
     assert submit_failure(["Error in rule finetune:\n", "  log: logs/finetune/k.log\n"]) is None
+
+
+def test_a_build_until_a_stage_counts_only_what_that_stage_needs():
+    """`modelmake build --until finetune` announces the artifacts it will build: finetune and what
+    it reads (base, dataset, quantize), for every point of a sweep, never generate or the report."""
+    from modelmake.recipe import build_plan
+
+    plan = build_plan(overrides=["lora.r=4,8"])
+    needed = plan.needed("finetune")
+    assert sorted({n.stage for n in needed}) == ["base", "dataset", "finetune", "quantize"]
+    assert len([n for n in needed if n.stage == "finetune"]) == 2 and len(needed) == 5  # one quantize for both
+    whole = {(n.stage, n.key) for stage in ("register", "report") for n in plan.needed(stage)}
+    assert whole == set(plan.nodes) and "register" not in {n.stage for n in plan.needed("report")}
+
+
+@pytest.mark.parametrize("rows,total", [(["base 1", "quantize 1", "all 1"], 2), (["base 1", "quantize 1"], 2)])
+def test_the_count_of_stages_is_snakemakes_less_its_all_job(tmp_path, rows, total):
+    """Snakemake's job table counts `rule all` only when no target is named (--until names one)."""
+    import io
+
+    from modelmake.graph.snakemake import QuietView
+
+    out = io.StringIO()
+    view = QuietView(tmp_path, [("base", "a" * 12, None)], out=out)
+    for line in ["Job stats:", "job count", "----- -----", *rows, f"total {len(rows)}", "", "rule base:",
+                 "    jobid: 3", f"    wildcards: key={'a' * 12}"]:
+        view.line(line + "\n")
+    assert view.total == total and f"[ 1/{total}] base" in out.getvalue()

@@ -50,13 +50,13 @@ def in_cache(plan) -> set[tuple[str, str]]:
     return {(n.stage, n.key) for n in plan.nodes.values() if f"{n.stage}/{n.digest}" in listed}
 
 
-def pending(plan, cached: set = frozenset()) -> list[tuple[str, str, float | None]]:
-    """(stage, key, estimated seconds) of every artifact of the plan that is neither built nor in
-    the shared cache, in plan order."""
+def pending(plan, cached: set = frozenset(), until: str | None = None) -> list[tuple[str, str, float | None]]:
+    """(stage, key, estimated seconds) of every artifact of the plan (up to `until` and what it
+    needs) that is neither built nor in the shared cache, in plan order."""
     from modelmake.graph.progress import Estimator
 
     est, out = Estimator(ROOT), []
-    for node in plan.nodes.values():
+    for node in plan.needed(until) if until else plan.nodes.values():
         if not (ROOT / node.manifest).exists() and (node.stage, node.key) not in cached:
             cfg = compose(node.overrides) if node.stage in plan.finals[0] else None
             out.append((node.stage, node.key, est.seconds(node, str(cfg.model.name) if cfg else None)))
@@ -83,7 +83,7 @@ def cmd_build(args) -> int:
     view = None
     if not getattr(args, "verbose", False) and not VERBATIM & set(extra):
         cached = in_cache(plan)
-        view = QuietView(ROOT, pending(plan, cached), cached=len(cached))
+        view = QuietView(ROOT, pending(plan, cached, getattr(args, "until", None)), cached=len(cached))
     return run_snakemake(snakemake_command(args.overrides, extra), view=view)
 
 

@@ -111,5 +111,18 @@ class Plan:
             return [str(self.over_points[stage].manifest)]
         return sorted({str(p[stage].manifest) for p in self.finals if stage in p})
 
+    def needed(self, stage: str | None = None) -> list[Node]:
+        """The nodes `targets(stage)` name and everything they read, in plan order."""
+        stage = stage or self.recipe.final
+        over = self.over_points.get(stage)
+        stack = [over] if over is not None else [p[stage] for p in self.finals if stage in p]
+        seen: set[tuple[str, str]] = set()
+        while stack:
+            n = stack.pop()
+            if (n.stage, n.key) not in seen:
+                seen.add((n.stage, n.key))
+                stack.extend(n.inputs.values())
+        return [n for k, n in self.nodes.items() if k in seen]
+
     def keys(self, stage: str) -> list[str]:
         return sorted({p[stage].key for p in self.finals if stage in p})

@@ -125,6 +125,7 @@ _JOBID = re.compile(r"^\s+jobid: (\d+)$")
 _FINISHED = re.compile(r"^Finished jobid: (\d+) \(Rule: (\w+)\)")
 _PASS = re.compile(r"^(report: |modelmake: (?!error: ))")  # a stage's own error comes last, once
 _TOTAL = re.compile(r"^total\s+(\d+)$")
+_ALL_ROW = re.compile(r"^all\s+1$")  # the job table's row of `rule all` (absent when targets are named)
 _SNAKEMAKE_END = re.compile(r"^(Complete log\(s\)|Elapsed time|\d+ of \d+ steps)")
 
 
@@ -144,6 +145,7 @@ class QuietView:
         self.done = 0
         self.jobs: dict[str, dict] = {}     # jobid -> {"stage", "key", "t0", "shown"}
         self._block: dict = {}
+        self._counts_all = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.t0 = time.monotonic()
@@ -168,8 +170,10 @@ class QuietView:
 
     def line(self, line: str) -> None:
         text = line.rstrip("\n")
-        if m := _TOTAL.match(text):  # Snakemake's own count of the jobs it will run (less `all`)
-            self.total = max(0, int(m.group(1)) - 1)
+        if _ALL_ROW.match(text):
+            self._counts_all = True
+        elif m := _TOTAL.match(text):  # Snakemake's own count of the jobs it will run (less `all`)
+            self.total = max(0, int(m.group(1)) - self._counts_all)
         elif m := _RULE.match(text):
             self._block = {"stage": m.group(1)}
         elif (m := _JOBID.match(text)) and self._block:
