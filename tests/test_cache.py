@@ -138,7 +138,7 @@ def test_a_spoiled_cache_entry_is_refused_named_and_built_here(folder_cache, tmp
     clone = fresh_clone(tmp_path)
     node = nodes(clone)["generate"]
     named = corrupt(cache, node, how)
-    r = modelmake(clone, "build", "cache=folder", f"cache.url={cache}", "--", "--cores", "2")
+    r = modelmake(clone, "build", "--until", "generate", "cache=folder", f"cache.url={cache}", "--", "--cores", "2")
     assert r.returncode == 0, r.stderr[-3000:]
     log = (clone / "logs" / "generate" / f"{node.key}.log").read_text()
     assert f"refusing generate {node.key}" in log and named in log, log[-2000:]
@@ -223,6 +223,28 @@ def test_the_azure_store_answers_what_exists_and_what_is_missing_itself(azurite_
         store.get_blob("f" * 64, tmp_path / "out", lambda n: None)
 
 
+def test_a_server_that_refused_a_connection_is_not_asked_again_by_the_process(monkeypatch):
+    """One outage costs a stage one failed call (its retries included), not one per input it tries:
+    after a refused connection, the same process's next call to that cache fails at once, naming
+    the first failure; another cache URL is still asked."""
+    from modelmake.graph import cache as cache_mod
+
+    port = az_helper.free_port()  # nothing listens there
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", (
+        f"DefaultEndpointsProtocol=http;AccountName={az_helper.ACCOUNT};AccountKey={az_helper.KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{port}/{az_helper.ACCOUNT};"))
+    monkeypatch.setattr(cache_mod, "_UNREACHABLE", {})
+    down = cache_mod.AzureStore("az://gone/team")
+    with pytest.raises(cache_mod.CacheError, match="reading entry base/0000.*Connection refused") as first:
+        down.get_entry("base", "0" * 64)
+    assert "not asked again" not in str(first.value)
+    with pytest.raises(cache_mod.CacheError, match="listing the cache: .*Connection refused.*not asked again"):
+        cache_mod.AzureStore("az://gone/team").entries()  # a new store object, the same process
+    with pytest.raises(cache_mod.CacheError) as other:
+        cache_mod.AzureStore("az://other/team").get_entry("base", "0" * 64)
+    assert "not asked again" not in str(other.value)
+
+
 def test_an_azure_clone_pulls_the_publishers_bytes_and_builds_only_register_and_report(azure_cache, tmp_path):
     clone = fresh_clone(tmp_path)
     env = az_env(azure_cache["server"], MODELMAKE_CACHE=azure_cache["url"])  # the environment alone sets it
@@ -266,7 +288,7 @@ def test_a_server_gone_mid_download_leaves_nothing_and_the_next_build_completes(
     ov = ("cache=azure", f"cache.url={azure_cache['url']}")
     from helpers.faults import start, wait_for
 
-    build = start(clone, ["modelmake", "build", *ov, "--", "--cores", "2", "--until", "export"], tmp_path / "b.log",
+    build = start(clone, ["modelmake", "build", "--until", "export", *ov, "--", "--cores", "2"], tmp_path / "b.log",
                   env=env)
     try:  # a progress signal: the first pull has begun
         wait_for(lambda: (clone / "logs").exists() and any("pull " in p.read_text(errors="replace")
@@ -304,7 +326,7 @@ def test_a_server_gone_mid_upload_leaves_no_entry_a_reader_would_use(project, az
     finally:
         server.start()
     clone = fresh_clone(tmp_path)  # up to export: base and quantize first, what the push began with
-    r = modelmake(clone, "build", "cache=azure", f"cache.url={url}", "--", "--cores", "2", "--until", "export",
+    r = modelmake(clone, "build", "--until", "export", "cache=azure", f"cache.url={url}", "--", "--cores", "2",
                   env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     for stage in actions(clone).get("pull", []):  # whatever was published whole, is whole

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -198,6 +199,11 @@ class FolderStore:
             (self.root / name).unlink()
 
 
+# url -> why: a server that refused or dropped a connection (after the retries) is not asked again
+# by this process, so a stage whose inputs all try the cache pays for one outage, not one per call
+_UNREACHABLE: dict[str, str] = {}
+
+
 class AzureStore:
     """A cache in an Azure Blob Storage container (or Azurite, its emulator)."""
 
@@ -210,10 +216,14 @@ class AzureStore:
 
     def container(self):
         if self._client is None:
-            from azure.storage.blob import BlobServiceClient
+            from azure.storage.blob import BlobServiceClient, ExponentialRetry
 
-            # a server gone or unreachable answers within seconds, not after minutes of retries
-            kw = {"retry_total": 2, "connection_timeout": 5, "read_timeout": 60}
+            # every request's headers at INFO would fill the stage's log; its errors still reach it
+            logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
+            # a server gone or unreachable answers within seconds, not after minutes of retries (the
+            # storage SDK's own policy waits 15 s + 3^n s before each retry)
+            retry = ExponentialRetry(initial_backoff=0.5, increment_base=1.5, retry_total=2, random_jitter_range=0.5)
+            kw = {"retry_policy": retry, "connection_timeout": 5, "read_timeout": 60}
             conn = os.environ.get("AZURE_STORAGE_CONNECTION_STRING")
             try:
                 if conn:
@@ -243,14 +253,20 @@ class AzureStore:
     def _call(self, what: str, fn, expected: tuple = ()):
         """fn(); an Azure or OS error becomes one CacheError line naming `what`, except the
         `expected` ones (an existing blob, a missing entry), which the caller answers itself."""
-        from azure.core.exceptions import AzureError
+        from azure.core.exceptions import AzureError, ServiceRequestError, ServiceResponseError
 
+        if self.url in _UNREACHABLE:
+            raise CacheError(f"{what}: {_UNREACHABLE[self.url]} (earlier in this process: not asked again)")
         try:
             return fn()
         except CacheError:
             raise
         except expected:
             raise
+        except (ServiceRequestError, ServiceResponseError) as e:  # no connection, or it broke: retried already
+            first = (str(e).splitlines() or [type(e).__name__])[0]
+            _UNREACHABLE[self.url] = scrub(f"{type(e).__name__}: {first}")
+            raise CacheError(scrub(f"{what}: {type(e).__name__}: {first}")) from None
         except AzureError as e:
             first = (str(e).splitlines() or [type(e).__name__])[0]
             raise CacheError(scrub(f"{what}: {type(e).__name__}: {first}")) from None

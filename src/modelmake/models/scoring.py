@@ -3,6 +3,7 @@ label accuracy for classification-style data. Used by the quality and evaluate s
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -90,16 +91,19 @@ class OrtSequence:
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
         so.log_severity_level = 3  # not the LoRA inputs' "initializer appears in graph inputs" warnings
-        self.session = ort.InferenceSession(str(Path(model_dir) / "model.onnx"), so,
-                                            providers=["CPUExecutionProvider"])
+        decoder = json.loads((Path(model_dir) / "genai_config.json").read_text())["model"]["decoder"]
+        # the execution provider the graph was exported for, where this machine has it (a CUDA
+        # export's ops also run on the CPU, which is where it is scored on a machine without one)
+        wanted = [name for p in decoder.get("session_options", {}).get("provider_options", []) for name in p]
+        providers = ["CPUExecutionProvider"]
+        if "cuda" in wanted and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(Path(model_dir) / "model.onnx"), so, providers=providers)
         self.run_options = ort.RunOptions()
         if adapter is not None:
             self.adapter = ort.LoraAdapter()
             self.adapter.Load(str(adapter))
             self.run_options.add_active_adapter(self.adapter)
-        import json
-
-        decoder = json.loads((Path(model_dir) / "genai_config.json").read_text())["model"]["decoder"]
         self.past = {}
         for i in self.session.get_inputs():
             if i.name.startswith("past_key_values."):

@@ -79,14 +79,17 @@ def build(node, out: Path, cfg) -> dict:
         # the floor to beat: always answering the training split's most common label
         metrics["accuracy_majority"] = sum(r["completion"] == prior for r in records) / len(records)
 
-    onnx_fn = OrtStepper(onnx_dir, adapter_file)
-    onnx_logits = [onnx_fn(ids) for ids in seqs]
+    # the graph + adapter over every record in one forward pass each (plain onnxruntime); the
+    # decoding path (onnxruntime-genai, one token a call, its KV cache) against torch on a few
+    score = OrtSequence(onnx_dir, adapter_file, cfg.threads)
+    onnx_logits = [score(ids) for ids in seqs]
     metrics["ppl_onnx_lora"] = perplexity_of(onnx_logits, seqs)
+    onnx_fn = OrtStepper(onnx_dir, adapter_file)
     metrics |= {f"parity_{k}": v for k, v in parity(onnx_fn, torch_fn, seqs[: e.parity_records]).items()}
     merged_dir = n["merged"].path if "merged" in n else None
     if merged_dir is not None:
         del lora, awq
-        metrics |= compare_merged(n, merged_dir, seqs, awq_lora, e.parity_records, cfg.threads)
+        metrics |= compare_merged(n, merged_dir, seqs, awq_lora, onnx_logits, e.parity_records, cfg.threads)
 
     if e.speed.enabled:
         ids = tok(records[0]["prompt"], add_special_tokens=False)["input_ids"]
@@ -107,7 +110,7 @@ def build(node, out: Path, cfg) -> dict:
     return metrics | sizes(node)
 
 
-def compare_merged(n, merged_dir: Path, seqs, awq_lora, parity_records: int, threads: int) -> dict:
+def compare_merged(n, merged_dir: Path, seqs, awq_lora, onnx_lora, parity_records: int, threads: int) -> dict:
     """The deployed graphs against what the adapter was meant to compute: perplexity, KL from
     fp32+LoRA and from AWQ+LoRA (torch) of the multi-LoRA graph + adapter and of both merged graphs,
     and the merged-AWQ graph's parity with torch running its own int4 checkpoint."""
@@ -121,19 +124,17 @@ def compare_merged(n, merged_dir: Path, seqs, awq_lora, parity_records: int, thr
     del fp32_lora, fp32
     out = {"ppl_fp32_lora": perplexity_of(ref, seqs), "kl_fp32lora_awq_lora": mean_kl(ref, awq_lora)}
     # every deployed graph scored the same way: one forward pass a record (plain onnxruntime)
-    graphs = {"onnx_lora": (n["export"].path / MODEL_DIR, n["adapter"].path / ADAPTER_FILE),
-              **{f"merged_{r}": (merged_graph(merged_dir, r), None) for r in MERGED_ROUTES}}
-    logits = {}
-    for name, (graph, adapter) in graphs.items():
-        score = OrtSequence(graph, adapter, threads)
-        logits[name] = [score(ids) for ids in seqs]
+    logits = {"onnx_lora": onnx_lora}
+    for route in MERGED_ROUTES:
+        score = OrtSequence(merged_graph(merged_dir, route), None, threads)
+        logits[f"merged_{route}"] = [score(ids) for ids in seqs]
     # the merged-AWQ graph decoding token by token against torch on the same merged int4 weights
     ckpt = load_awq_model(merged_dir / "awq" / "checkpoint", dtype=torch.float32)
     p = parity(OrtStepper(merged_graph(merged_dir, "awq")), lambda ids: torch_logits(ckpt, ids),
                seqs[:parity_records])
     out |= {f"merged_awq_parity_{k}": v for k, v in p.items()}
     for name in GRAPHS:
-        if name != "onnx_lora":  # build() scored that graph token by token already: one ppl_onnx_lora
+        if name != "onnx_lora":  # build() scored that graph already: one ppl_onnx_lora
             out[f"ppl_{name}"] = perplexity_of(logits[name], seqs)
         out[f"kl_fp32lora_{name}"] = mean_kl(ref, logits[name])
         out[f"kl_awqlora_{name}"] = mean_kl(awq_lora, logits[name])
