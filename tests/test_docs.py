@@ -59,7 +59,7 @@ COVERED = {
     "make run": "tests/test_release.py (the release fixture runs it on a fresh copy)",
     "make test": ".ci/run (CI runs it)",
     "modelmake search lora_lr": "tests/test_search.py (the same command on a two-trial spec, resumed)",
-    "modelmake build --profile slurm lora.r=4,8,16": "tests/test_cluster.py (builds and sweeps through a real SLURM)",
+    "modelmake build --profile slurm lora.r=4,8": "tests/test_cluster.py (builds and sweeps through a real SLURM)",
     "modelmake build --profile slurm": "tests/test_cluster.py::test_the_sweep_ran_every_stage_as_a_job_on_both_nodes",
     "modelmake build --profile slurm model=phi35_mini export=int4_cuda resources=gpu_node":
         "tests/test_profiles.py::test_slurm_profile_jobs_get_the_threads_their_group_asks_for (its dry run)",
