@@ -230,9 +230,7 @@ def test_a_server_that_refused_a_connection_is_not_asked_again_by_the_process(mo
     from modelmake.graph import cache as cache_mod
 
     port = az_helper.free_port()  # nothing listens there
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", (
-        f"DefaultEndpointsProtocol=http;AccountName={az_helper.ACCOUNT};AccountKey={az_helper.KEY};"
-        f"BlobEndpoint=http://127.0.0.1:{port}/{az_helper.ACCOUNT};"))
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", az_helper.connection_string(port))
     monkeypatch.setattr(cache_mod, "_UNREACHABLE", {})
     down = cache_mod.AzureStore("az://gone/team")
     with pytest.raises(cache_mod.CacheError, match="reading entry base/0000.*Connection refused") as first:

@@ -106,6 +106,12 @@ def ensure() -> tuple[Path | None, str | None]:
 
 # --- ports -----------------------------------------------------------------------------------
 
+def connection_string(port: int) -> str:
+    """The emulator's published development account on this host's `port`."""
+    return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+            f"BlobEndpoint=http://{HOST}:{port}/{ACCOUNT};")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now (the kernel's choice)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -155,8 +161,7 @@ class Azurite:
 
     @property
     def connection_string(self) -> str:
-        return (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
-                f"BlobEndpoint={self.url};")
+        return connection_string(self.port)
 
     @property
     def running(self) -> bool:
