@@ -12,8 +12,11 @@ from modelmake.graph.snakemake import config_args, parse_jobs, snakemake_exe
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = Path(os.environ.get("MODELMAKE_SHARED_DATA", REPO.parent / "shared" / "data"))
-IGNORE = shutil.ignore_patterns(".git", ".venv", "artifacts", "logs", ".snakemake", "__pycache__", "registry",
-                                "*.egg-info", ".pytest_cache", "bench", "outputs", ".dvc", "searches")
+# .cache holds Azurite's npm install (~360 MB, what `make install` puts there): copying it cost each
+# project copy ~5 s; the emulator runs from this checkout's own .cache (helpers.azurite)
+IGNORE = shutil.ignore_patterns(".git", ".venv", ".cache", ".ruff_cache", "artifacts", "logs", ".snakemake",
+                                "__pycache__", "registry", "*.egg-info", ".pytest_cache", "bench", "outputs",
+                                ".dvc", "searches")
 
 
 def copy_project(dst: Path, built: Path | None = None, with_dvc: bool = False) -> Path:

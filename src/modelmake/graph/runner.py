@@ -48,8 +48,11 @@ def _now() -> str:
 
 
 def stage_build(module: str) -> Build:
-    """A stage module's `build(node, out, cfg)`, imported when its stage runs."""
-    return importlib.import_module(module).build
+    """A stage module's `build(node, out, cfg)`, imported only when it builds: a stage found up to
+    date or pulled from the cache never imports torch, transformers or AutoAWQ (~4-7 s a process)."""
+    def build(node: Node, out: Path, cfg):
+        return importlib.import_module(module).build(node, out, cfg)
+    return build
 
 
 def run_node(node: Node, cfg, build: Build, shared: bool = False, stages=None, _outer: bool = True) -> Node:
