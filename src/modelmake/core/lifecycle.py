@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 
-from modelmake.core.owners import host_id
+from modelmake.core.owners import host_id, pid_alive, proc_start
 
 PARENT_ENV = "MODELMAKE_PARENT_PID"
 PARENT_HOST_ENV = "MODELMAKE_PARENT_HOST"  # owners.host_id() of the process PARENT_ENV names
@@ -33,21 +33,6 @@ def pdeathsig(sig: int = signal.SIGTERM) -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie still answers kill(0): read its state
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _terminate(signum, frame):
@@ -66,11 +51,12 @@ def die_with_parent(poll_s: float = 0.5) -> None:
     if where and where != host_id():  # a pid of another host (a submit host's, seen on a node)
         return
     pid = int(parent)
-    if not _alive(pid):  # the build is already gone
+    start = proc_start(pid)  # so a pid the kernel reuses after the build ended does not count as it
+    if not pid_alive(pid, start):  # the build is already gone
         os.kill(os.getpid(), signal.SIGTERM)
 
     def watch():
-        while _alive(pid):
+        while pid_alive(pid, start):
             time.sleep(poll_s)
         os.kill(os.getpid(), signal.SIGTERM)
 

@@ -237,7 +237,9 @@ def describe(rec: dict) -> str:
     return f"{rec.get('what', 'owner')} of pid {rec.get('pid')} on {rec.get('node')}{job}"
 
 
-def _pid_alive(pid: int, start) -> bool:
+def pid_alive(pid: int, start: int | None = None) -> bool:
+    """Whether `pid` on this host is a running process (not a zombie) and, given its recorded
+    `start` (proc_start), still the same one rather than a reused pid."""
     now = proc_start(pid)
     if now is None:
         try:
@@ -301,7 +303,7 @@ def judge(rec: dict | None, *, use_slurm: bool = True) -> Verdict:
         return Verdict("unknown", "no readable owner record")
     me_boot, me_ns = boot_id(), pid_namespace()
     if rec.get("boot_id") == me_boot and rec.get("pidns") == me_ns:
-        if _pid_alive(int(rec["pid"]), rec.get("start")):
+        if pid_alive(int(rec["pid"]), rec.get("start")):
             return Verdict("alive", f"{describe(rec)}: the process is running")
         return Verdict("dead", f"{describe(rec)}: that process has exited (same host)")
     job = rec.get("slurm_job_id")
