@@ -135,8 +135,8 @@ def cmd_generate(args) -> int:
     from modelmake.core.manifest import verify
     from modelmake.data.templates import prompt_text
     from modelmake.stages.generate import stream
-    from modelmake.stages.layout import ADAPTER_FILE, load_template
-    from modelmake.stages.merged_layout import merged_graph
+    from modelmake.stages.layout import ADAPTER_FILE, MODEL_DIR, load_template
+    from modelmake.stages.merged_layout import deployed
 
     plan = build_plan(overrides=args.overrides)
     cfg, point = compose(plan.points[0]), plan.finals[0]
@@ -150,14 +150,15 @@ def cmd_generate(args) -> int:
         verify(ROOT / node.path, stage, node.key)
         return ROOT / node.path
 
-    merged = "merged" in point and not args.no_adapter and not args.adapter  # export=int4_merged deploys it
-    if args.model:
-        model = Path(args.model)
-    else:
-        model = merged_graph(checked("merged"), cfg.export.merge) if merged else checked("export") / "model"
-    adapter = None
-    if not args.no_adapter and not merged:
-        adapter = Path(args.adapter) if args.adapter else checked("adapter") / ADAPTER_FILE
+    if args.model or args.adapter or args.no_adapter:  # the user's own graph or adapter, over the export's
+        merged = "merged" in point and not args.adapter and not args.no_adapter  # its merged graph has no adapter
+        model = Path(args.model) if args.model else checked("export") / MODEL_DIR
+        adapter = None if args.no_adapter or merged else Path(args.adapter or checked("adapter") / ADAPTER_FILE)
+    else:  # what the point deploys, as its generate stage runs it (export=int4_merged: the merged graph alone)
+        for stage in ("merged",) if "merged" in point else ("export", "adapter"):
+            checked(stage)
+        model, adapter = deployed(point, cfg.export.merge)
+        model, adapter = ROOT / model, adapter and ROOT / adapter
     text = args.prompt
     if not args.raw:  # the prompt as the adapter saw it in training: the dataset's own rendering
         text = prompt_text(*load_template(checked("dataset")), args.prompt)
