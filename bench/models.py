@@ -23,9 +23,10 @@ from pathlib import Path
 from common import build, mb, md_table, median_seconds, parser, read_manifest, save_json, stage_stats, write_section
 from helpers.project import copy_project, nodes  # the tests' fresh-copy helpers (common put tests/ on sys.path)
 from modelmake.graph.snakemake import config_args
+from modelmake.recipe import RECIPE
 
 MODELS = {"tiny Phi-3": (), "SmolLM2-135M": ("experiment=smollm2",)}
-STAGES = ("base", "dataset", "quantize", "finetune", "export", "adapter", "generate", "evaluate")
+STAGES = tuple(s.name for s in RECIPE.stages if not s.over_points)  # in the recipe's order; a point has most
 
 
 def fp32_lora_seconds_per_step(point: dict, steps: int) -> float:
@@ -68,7 +69,7 @@ def main() -> None:
     for name, overrides in models.items():
         wall = build(project, args.cores, overrides, tail=4000)
         point = nodes(project, *overrides)
-        stats = {s: stage_stats(project, point[s]) for s in STAGES}
+        stats = {s: stage_stats(project, point[s]) for s in STAGES if s in point}
         q, ft = stats["quantize"]["measured"], stats["finetune"]["measured"]
         steps = min(20, read_manifest(point["finetune"])["config"]["train"]["steps"])
         results[name] = {
@@ -88,7 +89,8 @@ def main() -> None:
     per_stage = md_table(
         ["stage", *(f"{n} {c}" for n in names for c in ("s", "peak RSS"))],
         [[s, *(c for n in names for c in (f"{results[n]['stages'][s]['seconds']:.1f}",
-                                          mb(results[n]['stages'][s]['peak_rss_bytes'])))] for s in STAGES]
+                                          mb(results[n]['stages'][s]['peak_rss_bytes'])))]
+         for s in STAGES if all(s in results[n]["stages"] for n in names)]
         + [["**cold build, wall**", *(c for n in names for c in (f"{results[n]['wall_s']:.0f}", ""))]],
         align="l" + "r" * (2 * len(names)))
     search_and_lora = md_table(
