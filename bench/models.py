@@ -26,7 +26,7 @@ from modelmake.graph.snakemake import config_args
 from modelmake.recipe import RECIPE
 
 MODELS = {"tiny Phi-3": (), "SmolLM2-135M": ("experiment=smollm2",)}
-STAGES = tuple(s.name for s in RECIPE.stages if not s.over_points)  # in the recipe's order; a point has most
+STAGES = tuple(s.name for s in RECIPE.stages if not s.over_points)  # recipe order (merged: int4_merged only)
 
 
 def fp32_lora_seconds_per_step(point: dict, steps: int) -> float:

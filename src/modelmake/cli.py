@@ -151,9 +151,12 @@ def cmd_generate(args) -> int:
         return ROOT / node.path
 
     if args.model or args.adapter or args.no_adapter:  # the user's own graph or adapter, over the export's
-        merged = "merged" in point and not args.adapter and not args.no_adapter  # its merged graph has no adapter
         model = Path(args.model) if args.model else checked("export") / MODEL_DIR
-        adapter = None if args.no_adapter or merged else Path(args.adapter or checked("adapter") / ADAPTER_FILE)
+        model_only = not (args.adapter or args.no_adapter)  # a merged point's own adapter is inside its graph
+        if args.no_adapter or (model_only and "merged" in point):
+            adapter = None
+        else:
+            adapter = Path(args.adapter or checked("adapter") / ADAPTER_FILE)
     else:  # what the point deploys, as its generate stage runs it (export=int4_merged: the merged graph alone)
         for stage in ("merged",) if "merged" in point else ("export", "adapter"):
             checked(stage)
