@@ -11,6 +11,23 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from modelmake.core.errors import ModelmakeError
+from modelmake.core.paths import ROOT
+
+
+def recorded_name(path: str) -> str:
+    """A data file as a manifest names it: the same on every clone, so a rebuild elsewhere writes the
+    same bytes (dvc.lock stays as committed). A file of an installed package (a shipped GGUF) is
+    `site-packages/<package>/...` wherever the environment lives; a file of the project is
+    relative to it; anything else keeps its absolute path (its content is in the key either way)."""
+    import sysconfig
+
+    p = Path(path)
+    if not p.is_absolute():
+        return path
+    for lib in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}:
+        if p.is_relative_to(lib):
+            return str(Path("site-packages") / p.relative_to(lib))
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else path
 
 
 @dataclass(frozen=True)
@@ -82,7 +99,7 @@ class Node:
             "path": str(self.path),
             "config": self.config,
             "inputs": {k: {"key": n.key, "path": str(n.path)} for k, n in self.inputs.items()},
-            "data": self.data,
+            "data": {recorded_name(path): digest for path, digest in self.data.items()},
             "code": self.code,
         }
 
